@@ -1,0 +1,29 @@
+"""Loads the harness plugin and sets up every check run: hypothesis profiles and offline Hugging Face.
+
+Hypothesis profiles, chosen with ``KATA_PROFILE`` (``CI=true`` picks ``ci`` when it is unset):
+
+- ``dev``: few examples and no deadline, for fast feedback while you work (the default);
+- ``ci``: derandomized, so a run on CI is reproducible, with more examples;
+- ``thorough``: many examples, for when you want to be sure.
+"""
+
+import os
+
+from hypothesis import HealthCheck, Phase, settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["checks.harness.plugin"]
+
+_common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.differing_executors]}
+settings.register_profile("dev", max_examples=25, **_common)
+settings.register_profile("ci", max_examples=50, derandomize=True, database=None, print_blob=True, **_common)
+settings.register_profile("thorough", max_examples=500, **_common)
+# kata verify only needs to know *whether* a check fails, so it skips shrinking the counterexample.
+settings.register_profile(
+    "verify", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate]
+)
+settings.load_profile(os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))

@@ -1,0 +1,78 @@
+"""Loading the implementation under test.
+
+``--impl NAME`` names any importable package that mirrors the layout (``NAME.phase1.w01_numpy`` ...):
+``katas`` (the learner's stubs), ``reference``, or a package of one's own. ``kata verify`` also builds
+*patched* copies of the reference in which one symbol is swapped for a catalogued mistake or variant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from types import ModuleType
+
+from .registry import Kata
+
+REFERENCE = "reference"
+STUBS = "katas"
+
+
+class ImplError(Exception):
+    """The implementation package or one of its kata modules cannot be imported."""
+
+
+@dataclass(frozen=True)
+class ImplChoice:
+    """What the ``impl`` fixture provides: a package, or the reference with one entry swapped in."""
+
+    package: str
+    role: str = "impl"  # "impl", "reference", "stub", "mistake" or "variant"
+    entry: str | None = None  # catalogue entry name for "mistake" and "variant"
+
+    @property
+    def label(self) -> str:
+        return f"{self.role}={self.entry}" if self.entry else self.role
+
+
+def load_kata_module(package: str, kata: Kata) -> ModuleType:
+    """Import ``package.<phase>.<kata>``, turning any failure into an ``ImplError`` a learner can act on."""
+    name = f"{package}.{kata.module}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and name.startswith(err.name):
+            raise ImplError(
+                f"--impl {package}: cannot import {name} ({err}). The package must mirror the layout "
+                f"`{package}/{kata.phase}/{kata.id}.py` and be importable from the current directory."
+            ) from None
+        raise ImplError(f"{name} failed to import: {err}") from None
+    except SyntaxError as err:
+        raise ImplError(f"{err.filename}, line {err.lineno}: {err.msg} - fix the syntax and check again") from None
+    except Exception as err:  # noqa: BLE001 - any learner error at import time is reported, never raised deep
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise ImplError(
+            f"{name} raised {type(err).__name__} while being imported ({where.filename}, line {where.lineno}): {err}"
+        ) from None
+
+
+def patched_reference(kata: Kata, replacements: dict[str, object], tag: str) -> ModuleType:
+    """A fresh copy of the reference module for ``kata`` with ``replacements`` swapped in.
+
+    The copy is executed anew (not a shallow copy) so that reference code calling a replaced symbol
+    calls the replacement, just as a learner's module would call its own version.
+    """
+    original = importlib.import_module(f"{REFERENCE}.{kata.module}")
+    name = f"{original.__name__}__{tag}"
+    spec = importlib.util.spec_from_file_location(name, original.__file__)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = original.__package__
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    for symbol, obj in replacements.items():
+        if not hasattr(module, symbol):
+            raise ImplError(f"{tag}: the reference {original.__name__} has no symbol {symbol!r} to replace")
+        setattr(module, symbol, obj)
+    return module

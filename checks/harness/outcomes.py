@@ -1,0 +1,57 @@
+"""Classifying a check's result into what a learner cares about, and summing it up per exercise.
+
+A check is *todo* when the code under test raised ``NotImplementedError`` (an untouched stub), *failed*
+for any other error or a wrong answer, *passed*, or *skipped* (missing CUDA, missing optional data).
+An exercise is passed when every check that ran passed, todo while its checks only hit stubs, and
+failing as soon as one check fails for another reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+TODO, FAILED, PASSED, SKIPPED = "todo", "failed", "passed", "skipped"
+
+
+def is_not_implemented(exc: BaseException) -> bool:
+    """True for ``NotImplementedError``, and for exception groups made only of them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_not_implemented(e) for e in exc.exceptions)
+    return isinstance(exc, NotImplementedError)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    nodeid: str
+    exercise: str  # exercise id
+    outcome: str  # TODO, FAILED, PASSED or SKIPPED
+    role: str = "impl"  # see ImplChoice.role
+    entry: str | None = None  # catalogue entry for mistakes and variants
+    duration: float = 0.0
+
+
+@dataclass
+class ExerciseTally:
+    exercise: str
+    counts: dict[str, int] = field(default_factory=lambda: {TODO: 0, FAILED: 0, PASSED: 0, SKIPPED: 0})
+
+    @property
+    def ran(self) -> int:
+        return self.counts[TODO] + self.counts[FAILED] + self.counts[PASSED]
+
+    @property
+    def status(self) -> str:
+        """The exercise's status as progress.toml records it: todo, failing or passed."""
+        if self.counts[FAILED]:
+            return "failing"
+        if self.counts[TODO] or not self.counts[PASSED]:
+            return "todo"
+        return "passed"
+
+
+def tally(results: Iterable[CheckResult]) -> dict[str, ExerciseTally]:
+    tallies: dict[str, ExerciseTally] = {}
+    for result in results:
+        tallies.setdefault(result.exercise, ExerciseTally(result.exercise)).counts[result.outcome] += 1
+    return tallies

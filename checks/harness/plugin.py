@@ -1,0 +1,324 @@
+"""The pytest plugin behind every check run (loaded by ``checks/conftest.py``).
+
+It gives checks their ``impl`` and ``reference`` fixtures, validates that every check names a kata and
+an exercise of the registry, classifies outcomes per exercise (todo / failing / passed), writes the
+learner's progress, prints a per-exercise summary with the next step and, under ``--kata-verify``,
+runs the maintainer's proof in the same session (see ``checks.harness.verify``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from . import paths, progress, registry
+from .impl import REFERENCE, STUBS, ImplChoice, ImplError, load_kata_module, patched_reference
+from .outcomes import FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
+
+EXERCISE = pytest.StashKey[registry.Exercise]()
+RESULT = pytest.StashKey[dict]()
+STATE = pytest.StashKey["RunState"]()
+
+MARKERS = {
+    "kata(id)": "the kata a check file belongs to (set once per file with pytestmark)",
+    "exercise(name)": "the exercise of the kata that a check checks",
+    "gpu": "needs CUDA; skipped with a reason otherwise",
+    "perf": "pytest-benchmark performance check; runs only when selected with -m perf",
+    "slow": "training loops and challenges; still part of kata verify",
+    "harness": "a test of the harness itself, not of a kata",
+}
+
+
+class RunState:
+    """What this session learned about the run: the choices, the collected checks and their results."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.registry = registry.load()
+        self.impl = config.getoption("kata_impl")
+        self.verify = config.getoption("kata_verify")
+        self.targets = config.getoption("kata_exercise") or []
+        self.collected: dict[str, list[str]] = {}  # exercise id -> node ids
+        self.incomplete: set[str] = set()  # exercises some of whose checks were deselected by others
+        self.own_deselection = False
+        self.results: dict[str, CheckResult] = {}
+        self.started = time.perf_counter()
+        self.progress_update: progress.RunUpdate | None = None
+
+    @property
+    def writes_progress(self) -> bool:
+        config = self.config
+        return (
+            self.impl == STUBS
+            and not self.verify
+            and not config.getoption("kata_no_progress")
+            and not hasattr(config, "workerinput")  # xdist workers report to the controller, which writes
+            and not any("::" in str(arg) for arg in config.args)  # a single test is not a whole exercise
+        )
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect results here, on the controller, so xdist runs are summed up too."""
+        for key, value in report.user_properties:
+            if key == "kata_result":
+                exercise, outcome, role, entry, duration = value
+                self.results[report.nodeid] = CheckResult(report.nodeid, exercise, outcome, role, entry, duration)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kata", "LLM katas")
+    group.addoption(
+        "--impl",
+        dest="kata_impl",
+        default=STUBS,
+        metavar="PACKAGE",
+        help="importable package that mirrors the layout to check: katas (default), reference, or your own",
+    )
+    group.addoption(
+        "--exercise",
+        dest="kata_exercise",
+        action="append",
+        metavar="TARGET",
+        help="run only the checks of this phase, kata or exercise (repeatable)",
+    )
+    group.addoption(
+        "--kata-verify",
+        dest="kata_verify",
+        action="store_true",
+        help="maintainers: check the reference, the stubs, every catalogued mistake and variant in one session",
+    )
+    group.addoption("--no-progress", dest="kata_no_progress", action="store_true", help="do not write progress.toml")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{marker}: {description}")
+    try:
+        state = RunState(config)
+    except registry.RegistryError as err:
+        raise pytest.UsageError(str(err)) from None
+    problems = state.registry.problems()
+    if problems:
+        raise pytest.UsageError("the registry katas/curriculum.toml disagrees with the files:\n  " + "\n  ".join(problems))
+    config.stash[STATE] = state
+    if state.verify and not os.environ.get("KATA_PROFILE"):
+        from hypothesis import settings
+
+        settings.load_profile("verify")
+    config.pluginmanager.register(state, "kata-run-state")
+
+
+def _state(config: pytest.Config) -> RunState:
+    return config.stash[STATE]
+
+
+def _is_harness_path(path: Path) -> bool:
+    return paths.HARNESS_DIR in path.parents or path == paths.HARNESS_DIR
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The harness's own tests run under ``kata verify`` or when named explicitly, never in a learner run."""
+    if not _is_harness_path(collection_path) or _state(config).verify:
+        return None
+    named = [Path(str(a).split("::")[0]).resolve() for a in config.args]
+    if any(collection_path == a or collection_path in a.parents or a in collection_path.parents for a in named if _is_harness_path(a)):
+        return None
+    return True
+
+
+def _exercise_of(node, reg: registry.Registry) -> registry.Exercise:
+    """The registry exercise a check names through its ``kata`` and ``exercise`` markers."""
+    kata_marker = node.get_closest_marker("kata")
+    exercise_marker = node.get_closest_marker("exercise")
+    if kata_marker is None or exercise_marker is None:
+        raise LookupError("needs `pytestmark = pytest.mark.kata(...)` and `@pytest.mark.exercise(...)`")
+    kata_id, name = kata_marker.args[0], exercise_marker.args[0]
+    try:
+        kata = reg.kata(kata_id)
+        return reg.exercise(name if "." in name else f"{kata.id}.{name}")
+    except KeyError as err:
+        raise LookupError(err.args[0]) from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Under ``--kata-verify`` every check runs against the reference, the stubs and the catalogue."""
+    state = _state(metafunc.config)
+    if not state.verify or "impl" not in metafunc.fixturenames:
+        return
+    try:
+        exercise = _exercise_of(metafunc.definition, state.registry)
+    except LookupError:
+        return  # reported as a collection error in pytest_collection_modifyitems
+    from checks.mistakes import catalogue
+
+    choices = [ImplChoice(REFERENCE, "reference"), ImplChoice(STUBS, "stub")]
+    for entry in catalogue(exercise.kata):
+        if entry.symbol in exercise.symbols:
+            choices.append(ImplChoice(REFERENCE, entry.kind, entry.name))
+    metafunc.parametrize("impl", choices, indirect=True, ids=[c.label for c in choices], scope="module")
+
+
+@pytest.fixture(scope="module")
+def impl(request: pytest.FixtureRequest):
+    """The kata module under test: from ``--impl`` (default ``katas``), or a verify choice."""
+    state = _state(request.config)
+    kata = state.registry.kata(request.node.get_closest_marker("kata").args[0])
+    choice = getattr(request, "param", None) or ImplChoice(state.impl)
+    try:
+        if choice.role in ("mistake", "variant"):
+            from checks.mistakes import catalogue
+
+            entry = next(e for e in catalogue(kata.id) if e.name == choice.entry)
+            return patched_reference(kata, {entry.symbol: entry.obj}, f"{choice.role}_{entry.name}")
+        return load_kata_module(choice.package, kata)
+    except ImplError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def reference(request: pytest.FixtureRequest):
+    """The hidden reference module of the kata, for comparisons. Never the code under test."""
+    state = _state(request.config)
+    kata = state.registry.kata(request.node.get_closest_marker("kata").args[0])
+    return load_kata_module(REFERENCE, kata)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = _state(config)
+    wanted = {e.id for t in state.targets for e in _resolve(state.registry, t)} if state.targets else None
+    orphans, keep, dropped = [], [], []
+    for item in items:
+        if _is_harness_path(Path(item.path)):
+            item.add_marker(pytest.mark.harness)
+            keep.append(item)
+            continue
+        try:
+            exercise = _exercise_of(item, state.registry)
+        except LookupError as err:
+            orphans.append(f"{item.nodeid}: {err}")
+            continue
+        item.stash[EXERCISE] = exercise
+        for marker in exercise.markers:
+            item.add_marker(marker)
+        if wanted is not None and exercise.id not in wanted:
+            dropped.append(item)
+            continue
+        keep.append(item)
+    if orphans:
+        raise pytest.UsageError("every check must map to an exercise of the registry:\n  " + "\n  ".join(orphans))
+    if dropped:
+        state.own_deselection = True
+        config.hook.pytest_deselected(items=dropped)
+        state.own_deselection = False
+    items[:] = keep
+
+
+def _resolve(reg: registry.Registry, target: str) -> tuple[registry.Exercise, ...]:
+    try:
+        return reg.resolve(target)
+    except KeyError as err:
+        raise pytest.UsageError(f"--exercise {target}: {err.args[0]}") from None
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if not items:
+        return
+    state = _state(items[0].config)
+    if not state.own_deselection:
+        state.incomplete.update(item.stash[EXERCISE].id for item in items if EXERCISE in item.stash)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    for item in session.items:
+        if EXERCISE in item.stash:
+            state.collected.setdefault(item.stash[EXERCISE].id, []).append(item.nodeid)
+
+
+def _perf_selected(config: pytest.Config) -> bool:
+    return "perf" in (config.getoption("markexpr", "") or "") or bool(config.getoption("benchmark_only", False))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("perf") and not _perf_selected(item.config):
+        pytest.skip("performance benchmark: run it with `nox -s bench` (pytest -m perf)")
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU; none is available here")
+
+
+def _choice(item: pytest.Item) -> ImplChoice:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and isinstance(callspec.params.get("impl"), ImplChoice):
+        return callspec.params["impl"]
+    return ImplChoice(_state(item.config).impl)
+
+
+def _phase_outcome(report: pytest.TestReport, call: pytest.CallInfo) -> str:
+    if report.failed:
+        return TODO if call.excinfo is not None and is_not_implemented(call.excinfo.value) else FAILED
+    return SKIPPED if report.skipped else PASSED
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if EXERCISE not in item.stash:
+        return report
+    exercise = item.stash[EXERCISE]
+    state = _state(item.config)
+    record = item.stash.setdefault(RESULT, {"outcome": PASSED, "duration": 0.0})
+    record["duration"] += report.duration
+    outcome = _phase_outcome(report, call)
+    if outcome == FAILED or (outcome == TODO and record["outcome"] != FAILED):
+        record["outcome"] = outcome
+    elif outcome == SKIPPED and record["outcome"] == PASSED:
+        record["outcome"] = SKIPPED
+    if outcome == TODO:
+        report.longrepr = f"{exercise.id} is not implemented yet. Write it, or run `kata hint {exercise.id}`."
+    elif outcome == FAILED and "Timeout" in str(call.excinfo.value):
+        limit = item.config.getini("timeout")
+        report.sections.append(("kata", f"The code under test did not finish within {limit} s: look for a loop that never ends."))
+    choice = _choice(item)
+    if report.when == "teardown":
+        report.user_properties.append(("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"])))
+    if state.verify:
+        from .verify import rewrite_report
+
+        rewrite_report(report, choice, outcome, exercise)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _state(session.config)
+    if state.verify:
+        from .verify import finish_session
+
+        finish_session(session, state)
+        return
+    if state.writes_progress and state.results:
+        complete = {
+            exercise: [r for r in state.results.values() if r.exercise == exercise]
+            for exercise, nodeids in state.collected.items()
+            if exercise not in state.incomplete and all(n in state.results for n in nodeids)
+        }
+        state.progress_update = progress.record_run(paths.progress_file(), state.registry, complete)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = _state(config)
+    if state.verify:
+        from .verify import print_summary
+
+        print_summary(terminalreporter, state)
+        return
+    if not state.results:
+        return
+    from .summary import print_learner_summary
+
+    print_learner_summary(terminalreporter, state, tally(state.results.values()))

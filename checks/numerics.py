@@ -1,0 +1,151 @@
+"""Numerical assertions and gradient checks with failure messages a learner can act on.
+
+Messages follow one shape: what was called and with what, what came back, what was expected, where the
+largest error is and how large it is against the tolerance, why the property matters, and, when a
+catalogued mistake reproduces the wrong answer, the likely cause.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from checks.mistakes import mistakes_for
+
+
+def describe(value: Any) -> str:
+    """A short description of an argument or result: shape and dtype for arrays, repr otherwise."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        array = _to_numpy(value)
+        text = f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+        if array.size <= 12:
+            text += f": {np.array2string(array, precision=6, separator=', ')}"
+        return text
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def format_call(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None) -> str:
+    parts = [describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in (kwargs or {}).items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | None:
+    """None when ``actual`` matches ``expected`` within tolerance, else where and how much it differs."""
+    a, e = _to_numpy(actual), _to_numpy(expected)
+    if a.shape != e.shape:
+        return f"shape {a.shape} where {e.shape} was expected"
+    a64 = a.astype(np.float64) if a.dtype.kind in "biuf" else a
+    e64 = e.astype(np.float64) if e.dtype.kind in "biuf" else e
+    bad_nan = np.isnan(a64) != np.isnan(e64) if a64.dtype.kind == "f" or e64.dtype.kind == "f" else np.zeros(a.shape, bool)
+    close = np.isclose(a64, e64, rtol=rtol, atol=atol, equal_nan=True)
+    if close.all() and not bad_nan.any():
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a64 - e64)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        index = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+        rel = diff[index] / max(abs(float(e64[index])) if np.isfinite(e64[index]) else 1.0, 1e-300)
+    where = f" at index {tuple(int(i) for i in index)}" if index else ""
+    return (
+        f"{int((~close).sum())} of {close.size} values differ; max abs error {diff[index]:.3g}{where} "
+        f"(got {a64[index]!r}, expected {e64[index]!r}, rel. error {rel:.3g}); tolerance atol={atol:g}, rtol={rtol:g}"
+    )
+
+
+def likely_cause(kata: str, symbol: str, args: Sequence[Any], kwargs: dict[str, Any], actual: Any,
+                 rtol: float = 1e-6, atol: float = 1e-9) -> str | None:
+    """The catalogued mistake that reproduces ``actual`` on the same input, if one does."""
+    for entry in mistakes_for(kata, symbol):
+        try:
+            candidate = entry.obj(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+        except Exception:  # noqa: BLE001 - a mistake that crashes here simply does not match
+            continue
+        try:
+            if error_report(actual, candidate, rtol, atol) is None:
+                return entry.because
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def assert_close(actual: Any, expected: Any, *, call: str, because: str = "", rtol: float = 1e-6,
+                 atol: float = 1e-9, cause: str | None = None) -> None:
+    """Fail with an exercism-style message when ``actual`` is not ``expected`` within tolerance."""
+    problem = error_report(actual, expected, rtol, atol)
+    if problem is None:
+        return
+    lines = [f"Called {call}.", f"Returned {describe(actual)},", f"expected {describe(expected)}.", problem + "."]
+    if because:
+        lines.append(f"Because {because}")
+    if cause:
+        lines.append(f"Likely cause: {cause}")
+    raise AssertionError("\n".join(lines))
+
+
+def compare_with_reference(impl, reference, symbol: str, *args: Any, because: str = "", rtol: float = 1e-6,
+                           atol: float = 1e-9, **kwargs: Any) -> Any:
+    """Call ``symbol`` of the code under test and of the reference on copies of the same input; compare.
+
+    Returns the learner's result. On a mismatch the message names a catalogued mistake that gives the
+    same wrong answer, when there is one.
+    """
+    expected = getattr(reference, symbol)(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+    actual = getattr(impl, symbol)(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+    if error_report(actual, expected, rtol, atol) is not None:
+        kata = reference.__name__.rsplit(".", 1)[-1]
+        cause = likely_cause(kata, symbol, args, kwargs, actual)
+        assert_close(actual, expected, call=format_call(symbol, args, kwargs), because=because, rtol=rtol,
+                     atol=atol, cause=cause)
+    return actual
+
+
+def central_difference(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """The checks' own numerical gradient of a scalar function, in float64 (never the learner's)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        original = x[index]
+        x[index] = original + eps
+        plus = f(x)
+        x[index] = original - eps
+        minus = f(x)
+        x[index] = original
+        grad[index] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max(|a| + |b|, tiny): the usual gradient-check measure (scale free)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12))) if a.size else 0.0
+
+
+def assert_gradient(analytic: np.ndarray, numeric: np.ndarray, *, argument: str, call: str,
+                    max_rel_error: float = 1e-6) -> None:
+    """Compare an analytic gradient with central differences; the message names argument and index."""
+    analytic, numeric = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    if analytic.shape != numeric.shape:
+        raise AssertionError(
+            f"Called {call}. The gradient for {argument} has shape {analytic.shape}; "
+            f"it must have the shape of {argument}, {numeric.shape}."
+        )
+    scale = np.maximum(np.abs(analytic) + np.abs(numeric), 1e-12)
+    errors = np.abs(analytic - numeric) / scale
+    errors = np.where(np.abs(analytic - numeric) < 1e-10, 0.0, errors)  # both ~0: no signal to compare
+    if errors.size and errors.max() > max_rel_error:
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(errors)), errors.shape))
+        raise AssertionError(
+            f"Called {call}. The derivative with respect to {argument}{list(index)} is wrong: "
+            f"received {analytic[index]:.8g}, central differences give {numeric[index]:.8g} "
+            f"(relative error {errors[index]:.2g} > {max_rel_error:g})."
+        )
