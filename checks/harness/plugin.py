@@ -57,7 +57,22 @@ class RunState:
             and not config.getoption("kata_no_progress")
             and not hasattr(config, "workerinput")  # xdist workers report to the controller, which writes
             and not any("::" in str(arg) for arg in config.args)  # a single test is not a whole exercise
+            and not config.getoption("keyword")  # nor is a -k or -m selection
+            and not config.getoption("markexpr")
         )
+
+    def complete_exercises(self) -> dict[str, list[CheckResult]]:
+        """Results of the exercises all of whose collected checks reported in this session."""
+        collected = self.collected
+        if not collected:  # an xdist controller collects nothing itself: go by what the workers reported
+            collected = {}
+            for result in self.results.values():
+                collected.setdefault(result.exercise, []).append(result.nodeid)
+        return {
+            exercise: [self.results[n] for n in nodeids]
+            for exercise, nodeids in collected.items()
+            if exercise not in self.incomplete and all(n in self.results for n in nodeids)
+        }
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect results here, on the controller, so xdist runs are summed up too."""
@@ -296,18 +311,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = _state(session.config)
+    if hasattr(session.config, "workerinput"):
+        return  # xdist workers: the controller sums up and writes
     if state.verify:
         from .verify import finish_session
 
         finish_session(session, state)
         return
     if state.writes_progress and state.results:
-        complete = {
-            exercise: [r for r in state.results.values() if r.exercise == exercise]
-            for exercise, nodeids in state.collected.items()
-            if exercise not in state.incomplete and all(n in state.results for n in nodeids)
-        }
-        state.progress_update = progress.record_run(paths.progress_file(), state.registry, complete)
+        complete = state.complete_exercises()
+        if complete:
+            state.progress_update = progress.record_run(paths.progress_file(), state.registry, complete)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -22,14 +22,17 @@ from .registry import Exercise, Registry
 from .stubs import api_differences, stub_problems
 
 
-def static_problems(registry: Registry) -> list[str]:
-    """Registry ↔ files ↔ API ↔ catalogue agreement; hints are checked by the registry itself."""
+def static_problems(registry: Registry, kata_ids: set[str] | None = None) -> list[str]:
+    """Registry ↔ files ↔ API ↔ catalogue agreement (for ``kata_ids``, or every kata); hints are
+    checked by the registry itself."""
     from checks.mistakes import catalogue
 
     problems = registry.problems()
     if problems:
         return problems
     for kata in registry.katas:
+        if kata_ids is not None and kata.id not in kata_ids:
+            continue
         stub_source = paths.module_file(paths.KATAS_DIR, kata.phase, kata.id).read_text(encoding="utf-8")
         ref_source = paths.module_file(paths.REFERENCE_DIR, kata.phase, kata.id).read_text(encoding="utf-8")
         problems += [f"{kata.id}: {p}" for p in api_differences(stub_source, ref_source)]
@@ -95,11 +98,13 @@ class VerifyReport:
 def build_report(registry: Registry, results: list[CheckResult], collected: dict[str, list[str]]) -> VerifyReport:
     from checks.mistakes import catalogue
 
-    report = VerifyReport(gaps=static_problems(registry))
+    # A run restricted to some check files (pytest PATH --kata-verify) verifies just those katas.
+    ran = {registry.exercise(e).kata for e in collected}
+    report = VerifyReport(gaps=static_problems(registry, ran))
     by_exercise: dict[str, list[CheckResult]] = defaultdict(list)
     for result in results:
         by_exercise[result.exercise].append(result)
-    for kata in registry.katas:
+    for kata in (k for k in registry.katas if k.id in ran):
         row = KataRow(kata.id, exercises=len(kata.exercises))
         entries = catalogue(kata.id)
         for exercise in kata.exercises:
@@ -137,7 +142,8 @@ def build_report(registry: Registry, results: list[CheckResult], collected: dict
 
 
 def finish_session(session: pytest.Session, state) -> None:
-    state.verify_report = build_report(state.registry, list(state.results.values()), state.collected)
+    collected = state.collected or {e: [r.nodeid for r in rs] for e, rs in state.complete_exercises().items()}
+    state.verify_report = build_report(state.registry, list(state.results.values()), collected)
     if state.verify_report.gaps and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -1,0 +1,140 @@
+"""``kata watch``: re-run the current exercise's checks every time a file is saved.
+
+The watching process imports pytest, hypothesis, numpy, torch and whatever else the kata's files
+import, once. Each re-check then runs in a forked child of that warm process: the child imports the
+learner's freshly saved module and exits, so nothing stale survives between runs and nothing heavy is
+imported twice. Where ``fork`` does not exist, each re-check is a fresh ``python -m pytest``.
+
+File events come from ``watchfiles``. Where they do not arrive (some network drives, containers and
+WSL setups), ``--poll`` polls instead, and pressing Enter always re-runs by hand.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+from . import paths, progress
+from .registry import Exercise, Registry
+from .runner import pytest_args
+
+SKIP_PREFIXES = ("katas", "reference", "checks.phase")
+
+
+def _imports_of(path) -> set[str]:
+    """Absolute module names imported at the top level of a file."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
+    """Import, in this process, everything the checks of ``exercises`` will need except learner code."""
+    modules = {"pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies", "checks.mistakes"}
+    for kata in {reg.kata_of(e) for e in exercises}:
+        modules |= _imports_of(kata.check_file) | _imports_of(paths.module_file(paths.KATAS_DIR, kata.phase, kata.id))
+    for name in sorted(modules):
+        if not name.startswith(SKIP_PREFIXES):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a missing optional package shows up in the checks themselves
+                pass
+
+
+def run_once(args: list[str]) -> int:
+    """Run pytest on ``args`` in a forked child of this warm process (a subprocess without fork)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not hasattr(os, "fork"):
+        return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=paths.ROOT)
+    pid = os.fork()
+    if pid == 0:  # the child: check, report, and leave without running the parent's cleanup
+        code = 1
+        try:
+            import pytest
+
+            code = int(pytest.main(args))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _watch_files(events: queue.Queue, stop: threading.Event, poll: bool) -> None:
+    import watchfiles
+
+    for changes in watchfiles.watch(paths.KATAS_DIR, paths.CHECKS_DIR, stop_event=stop, force_polling=poll or None):
+        if any(path.endswith(".py") for _, path in changes):
+            events.put("change")
+
+
+def _read_keys(events: queue.Queue) -> None:
+    for line in sys.stdin:
+        events.put("quit" if line.strip().lower() in ("q", "quit", "exit") else "enter")
+    events.put("quit")
+
+
+def _current(reg: Registry, target: str | None) -> tuple[Exercise, ...]:
+    if target:
+        return reg.resolve(target)
+    prog = progress.load(paths.progress_file())
+    upcoming = next((e for e in reg.exercises if progress.effective_status(reg, prog, e) != "passed"), None)
+    return (upcoming,) if upcoming else ()
+
+
+def watch(reg: Registry, target: str | None, poll: bool = False) -> int:
+    try:
+        exercises = _current(reg, target)
+    except KeyError as err:
+        print(f"kata watch: {err.args[0]}")
+        return 2
+    if not exercises:
+        print("Every exercise passes; nothing to watch.")
+        return 0
+    started = time.perf_counter()
+    warm_up(reg, reg.exercises if target is None else exercises)
+    print(f"Warmed up in {time.perf_counter() - started:.1f} s.")
+
+    events: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(target=_watch_files, args=(events, stop, poll), daemon=True).start()
+    if sys.stdin.isatty():
+        threading.Thread(target=_read_keys, args=(events,), daemon=True).start()
+    try:
+        while exercises:
+            names = ", ".join(e.id for e in exercises)
+            print(f"\n── checking {names} ──")
+            started = time.perf_counter()
+            run_once(pytest_args(reg, exercises))
+            print(f"checked in {time.perf_counter() - started:.2f} s. Save a file to re-check; Enter re-runs, q quits.")
+            if target is None:
+                following = _current(reg, None)
+                if following != exercises:
+                    exercises = following
+                    continue
+            if events.get() == "quit":
+                break
+            time.sleep(0.05)  # editors save in bursts: take them as one change
+            while not events.empty():
+                if events.get_nowait() == "quit":
+                    return 0
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+    return 0
