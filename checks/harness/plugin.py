@@ -9,6 +9,8 @@ runs the maintainer's proof in the same session (see ``checks.harness.verify``).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,14 @@ MARKERS = {
     "slow": "training loops and challenges; still part of kata verify",
     "harness": "a test of the harness itself, not of a kata",
 }
+
+
+class CheckTimedOut(BaseException):
+    """Raised inside a check that ran past its time limit.
+
+    A ``BaseException``, so that hypothesis does not take it for a failing example and run the endless
+    code again while shrinking, and so that learner code catching ``Exception`` cannot swallow it.
+    """
 
 
 class RunState:
@@ -274,6 +284,25 @@ def _choice(item: pytest.Item) -> ImplChoice:
     return ImplChoice(_state(item.config).impl)
 
 
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
+    """pytest-timeout's signal method, raising ``CheckTimedOut`` (see there) instead of ``Failed``."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own thread method takes over
+
+    def handler(signum, frame):
+        raise CheckTimedOut(f"did not finish within {settings.timeout:g} s")
+
+    def cancel():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # pytest-timeout's cancel hook calls this
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
 def _phase_outcome(report: pytest.TestReport, call: pytest.CallInfo) -> str:
     if report.failed:
         return TODO if call.excinfo is not None and is_not_implemented(call.excinfo.value) else FAILED
@@ -296,9 +325,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         record["outcome"] = SKIPPED
     if outcome == TODO:
         report.longrepr = f"{exercise.id} is not implemented yet. Write it, or run `kata hint {exercise.id}`."
-    elif outcome == FAILED and "Timeout" in str(call.excinfo.value):
-        limit = item.config.getini("timeout")
-        report.sections.append(("kata", f"The code under test did not finish within {limit} s: look for a loop that never ends."))
+    elif outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut):
+        report.sections.append(("kata", f"The code under test {call.excinfo.value}: look for a loop that never ends."))
     choice = _choice(item)
     if report.when == "teardown":
         report.user_properties.append(("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"])))

@@ -1,0 +1,64 @@
+"""Canonical stubs, API comparison, and restoring one exercise with `kata reset`."""
+
+from __future__ import annotations
+
+import textwrap
+
+from checks.harness.registry import Exercise
+from checks.harness.stubs import api_differences, reset_source, stub_body, stub_problems
+
+EX = Exercise(kata="w99_demo", name="area", title="Area", difficulty="easy", symbols=("area", "Shape"), hints=("a", "b"))
+TODO, RAISE = stub_body(EX.id)
+
+STUB = textwrap.dedent(
+    f'''
+    import math
+
+
+    def area(r: float) -> float:
+        """Area of a circle."""
+        {TODO}
+        {RAISE}
+
+
+    class Shape:
+        """A shape."""
+
+        def __init__(self, n: int):
+            {TODO}
+            {RAISE}
+
+        def sides(self) -> int:
+            """How many sides."""
+            {TODO}
+            {RAISE}
+
+
+    def helper():
+        return 1
+    '''
+)
+
+SOLVED = STUB.replace(f"{TODO}\n    {RAISE}", "return math.pi * r * r", 1).replace(
+    f"        {TODO}\n        {RAISE}", "        self.n = n", 1
+)
+
+
+def test_canonical_stubs_pass_and_solved_code_does_not():
+    assert stub_problems(STUB, EX) == []
+    problems = stub_problems(SOLVED, EX)
+    assert any("area.area" in p for p in problems) and any("Shape.__init__" in p for p in problems)
+
+
+def test_reset_restores_every_body_of_the_exercise_and_nothing_else():
+    assert SOLVED != STUB
+    assert reset_source(SOLVED, EX) == STUB
+    assert "def helper():\n    return 1" in reset_source(SOLVED, EX)
+
+
+def test_api_differences_catch_changed_signatures_and_missing_names():
+    changed = STUB.replace("def area(r: float)", "def area(radius: float)").replace("def helper", "def _helper")
+    problems = "\n".join(api_differences(changed, STUB))
+    assert "area differs" in problems
+    assert "helper is in the reference but not in the stubs" in problems
+    assert api_differences(SOLVED, STUB) == []
