@@ -170,10 +170,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import os
 
-    from .runner import run_pytest
+    import pytest
 
     os.environ.setdefault("KATA_PROFILE", "verify")
-    return run_pytest([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *args.pytest_args])
+    return int(pytest.main([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *args.pytest_args]))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,9 @@ WSL setups), ``--poll`` polls instead, and pressing Enter always re-runs by hand
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
+import io
 import os
 import queue
 import subprocess
@@ -22,7 +24,10 @@ import time
 
 from . import paths, progress
 from .registry import Exercise, Registry
-from .runner import pytest_args
+from .runner import pytest_args, run_pytest
+
+# Re-checks skip pytest's end-of-session garbage collection hunt for unraisable exceptions (~40 ms).
+FAST_ARGS = ("-p", "no:unraisableexception", "-p", "no:threadexception")
 
 SKIP_PREFIXES = ("katas", "reference", "checks.phase")
 
@@ -43,7 +48,12 @@ def _imports_of(path) -> set[str]:
 
 
 def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
-    """Import, in this process, everything the checks of ``exercises`` will need except learner code."""
+    """Import, in this process, everything the checks of ``exercises`` will need except learner code.
+
+    Besides the modules the kata's files import, one collect-only pytest run loads pytest's own
+    modules and plugins; the check modules it imported are then forgotten, so that every child
+    imports the current version of the checks and of the learner's code.
+    """
     modules = {"pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies", "checks.mistakes"}
     for kata in {reg.kata_of(e) for e in exercises}:
         modules |= _imports_of(kata.check_file) | _imports_of(paths.module_file(paths.KATAS_DIR, kata.phase, kata.id))
@@ -53,6 +63,14 @@ def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional package shows up in the checks themselves
                 pass
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        run_pytest([*pytest_args(reg, exercises), "--collect-only"])
+    _forget_kata_modules()
+
+
+def _forget_kata_modules() -> None:
+    for name in [n for n in sys.modules if n.startswith(SKIP_PREFIXES)]:
+        del sys.modules[name]
 
 
 def run_once(args: list[str]) -> int:
@@ -65,9 +83,7 @@ def run_once(args: list[str]) -> int:
     if pid == 0:  # the child: check, report, and leave without running the parent's cleanup
         code = 1
         try:
-            import pytest
-
-            code = int(pytest.main(args))
+            code = run_pytest([*args, *FAST_ARGS])
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -78,7 +94,9 @@ def run_once(args: list[str]) -> int:
 def _watch_files(events: queue.Queue, stop: threading.Event, poll: bool) -> None:
     import watchfiles
 
-    for changes in watchfiles.watch(paths.KATAS_DIR, paths.CHECKS_DIR, stop_event=stop, force_polling=poll or None):
+    # step: how long a burst of saves may pause before it counts as one change (editors write in bursts)
+    watcher = watchfiles.watch(paths.KATAS_DIR, paths.CHECKS_DIR, stop_event=stop, force_polling=poll or None, step=30)
+    for changes in watcher:
         if any(path.endswith(".py") for _, path in changes):
             events.put("change")
 
@@ -129,7 +147,6 @@ def watch(reg: Registry, target: str | None, poll: bool = False) -> int:
                     continue
             if events.get() == "quit":
                 break
-            time.sleep(0.05)  # editors save in bursts: take them as one change
             while not events.empty():
                 if events.get_nowait() == "quit":
                     return 0
