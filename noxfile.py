@@ -1,11 +1,11 @@
 """nox sessions, generated from the registry: one per phase, plus verify, bench, gpu, badges and lint.
 
-    nox -s phase1      the learner's checks for phase 1 (phase2, phase3, phase4 likewise)
-    nox -s verify      the maintainer's proof (the repository's own test suite)
-    nox -s bench       performance benchmarks (pytest-benchmark, `perf` marker)
-    nox -s gpu         CUDA checks (`gpu` marker); skipped, with the reason shown, without CUDA
-    nox -s badges      progress badges from progress.toml
-    nox -s lint        ruff
+nox -s phase1      the learner's checks for phase 1 (phase2, phase3, phase4 likewise)
+nox -s verify      the maintainer's proof (the repository's own test suite)
+nox -s bench       performance benchmarks (pytest-benchmark, `perf` marker)
+nox -s gpu         CUDA checks (`gpu` marker); skipped, with the reason shown, without CUDA
+nox -s badges      progress badges from progress.toml
+nox -s lint        ruff
 """
 
 import sys

@@ -23,7 +23,5 @@ settings.register_profile("dev", max_examples=25, **_common)
 settings.register_profile("ci", max_examples=50, derandomize=True, database=None, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=500, **_common)
 # kata verify only needs to know *whether* a check fails, so it skips shrinking the counterexample.
-settings.register_profile(
-    "verify", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate]
-)
+settings.register_profile("verify", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate])
 settings.load_profile(os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))

@@ -46,9 +46,8 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
         return f"shape {a.shape} where {e.shape} was expected"
     a64 = a.astype(np.float64) if a.dtype.kind in "biuf" else a
     e64 = e.astype(np.float64) if e.dtype.kind in "biuf" else e
-    bad_nan = np.isnan(a64) != np.isnan(e64) if a64.dtype.kind == "f" or e64.dtype.kind == "f" else np.zeros(a.shape, bool)
-    close = np.isclose(a64, e64, rtol=rtol, atol=atol, equal_nan=True)
-    if close.all() and not bad_nan.any():
+    close = np.isclose(a64, e64, rtol=rtol, atol=atol, equal_nan=True)  # nan only matches nan
+    if close.all():
         return None
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(a64 - e64)
@@ -62,8 +61,15 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
     )
 
 
-def likely_cause(kata: str, symbol: str, args: Sequence[Any], kwargs: dict[str, Any], actual: Any,
-                 rtol: float = 1e-6, atol: float = 1e-9) -> str | None:
+def likely_cause(
+    kata: str,
+    symbol: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    actual: Any,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+) -> str | None:
     """The catalogued mistake that reproduces ``actual`` on the same input, if one does."""
     for entry in mistakes_for(kata, symbol):
         try:
@@ -78,8 +84,16 @@ def likely_cause(kata: str, symbol: str, args: Sequence[Any], kwargs: dict[str, 
     return None
 
 
-def assert_close(actual: Any, expected: Any, *, call: str, because: str = "", rtol: float = 1e-6,
-                 atol: float = 1e-9, cause: str | None = None) -> None:
+def assert_close(
+    actual: Any,
+    expected: Any,
+    *,
+    call: str,
+    because: str = "",
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    cause: str | None = None,
+) -> None:
     """Fail with an exercism-style message when ``actual`` is not ``expected`` within tolerance."""
     problem = error_report(actual, expected, rtol, atol)
     if problem is None:
@@ -92,8 +106,9 @@ def assert_close(actual: Any, expected: Any, *, call: str, because: str = "", rt
     raise AssertionError("\n".join(lines))
 
 
-def compare_with_reference(impl, reference, symbol: str, *args: Any, because: str = "", rtol: float = 1e-6,
-                           atol: float = 1e-9, **kwargs: Any) -> Any:
+def compare_with_reference(
+    impl, reference, symbol: str, *args: Any, because: str = "", rtol: float = 1e-6, atol: float = 1e-9, **kwargs: Any
+) -> Any:
     """Call ``symbol`` of the code under test and of the reference on copies of the same input; compare.
 
     Returns the learner's result. On a mismatch the message names a catalogued mistake that gives the
@@ -104,8 +119,9 @@ def compare_with_reference(impl, reference, symbol: str, *args: Any, because: st
     if error_report(actual, expected, rtol, atol) is not None:
         kata = reference.__name__.rsplit(".", 1)[-1]
         cause = likely_cause(kata, symbol, args, kwargs, actual)
-        assert_close(actual, expected, call=format_call(symbol, args, kwargs), because=because, rtol=rtol,
-                     atol=atol, cause=cause)
+        assert_close(
+            actual, expected, call=format_call(symbol, args, kwargs), because=because, rtol=rtol, atol=atol, cause=cause
+        )
     return actual
 
 
@@ -130,8 +146,9 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12))) if a.size else 0.0
 
 
-def assert_gradient(analytic: np.ndarray, numeric: np.ndarray, *, argument: str, call: str,
-                    max_rel_error: float = 1e-6) -> None:
+def assert_gradient(
+    analytic: np.ndarray, numeric: np.ndarray, *, argument: str, call: str, max_rel_error: float = 1e-6
+) -> None:
     """Compare an analytic gradient with central differences; the message names argument and index."""
     analytic, numeric = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
     if analytic.shape != numeric.shape:

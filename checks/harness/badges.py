@@ -17,7 +17,12 @@ from .progress import Progress, effective_status
 from .registry import Registry
 
 # (fraction passed at least, shields colour name, hex for the SVG)
-COLOURS = ((1.0, "brightgreen", "#4c1"), (0.5, "yellowgreen", "#a4a61d"), (0.0001, "yellow", "#dfb317"), (0.0, "lightgrey", "#9f9f9f"))
+COLOURS = (
+    (1.0, "brightgreen", "#4c1"),
+    (0.5, "yellowgreen", "#a4a61d"),
+    (0.0001, "yellow", "#dfb317"),
+    (0.0, "lightgrey", "#9f9f9f"),
+)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,9 @@ def cmd_solution(args: argparse.Namespace) -> int:
     exercise = _one_exercise(reg, args.exercise)
     status = progress.effective_status(reg, progress.load(paths.progress_file()), exercise)
     if status not in ("passed", "stale"):
-        print(f"{exercise.id} is {status}. The reference opens once your own solution passes: `kata check {exercise.id}`.")
+        print(
+            f"{exercise.id} is {status}. The reference opens once your own solution passes: `kata check {exercise.id}`."
+        )
         return 1
     print_solution(reg, exercise)
     return 0
@@ -173,7 +175,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import pytest
 
     os.environ.setdefault("KATA_PROFILE", "verify")
-    return int(pytest.main([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *args.pytest_args]))
+    return int(
+        pytest.main([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *args.pytest_args])
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

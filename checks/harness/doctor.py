@@ -57,7 +57,9 @@ def doctor(reg: Registry) -> int:
         print(f"Corpus {name}: {_corpus(name)}")
 
     print("\nWhat will be skipped here:")
-    marked = {m: [e.id for e in reg.exercises if m in e.markers or m in reg.kata_of(e).markers] for m in ("gpu", "perf")}
+    marked = {
+        m: [e.id for e in reg.exercises if m in e.markers or m in reg.kata_of(e).markers] for m in ("gpu", "perf")
+    }
     if not cuda.startswith("available"):
         print("  - checks marked gpu: no CUDA here" + (f" ({', '.join(marked['gpu'])})" if marked["gpu"] else ""))
     print("  - checks marked perf: they run only with `nox -s bench` (pytest -m perf)")

@@ -126,7 +126,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(err)) from None
     problems = state.registry.problems()
     if problems:
-        raise pytest.UsageError("the registry katas/curriculum.toml disagrees with the files:\n  " + "\n  ".join(problems))
+        raise pytest.UsageError(
+            "the registry katas/curriculum.toml disagrees with the files:\n  " + "\n  ".join(problems)
+        )
     config.stash[STATE] = state
     if state.verify and not os.environ.get("KATA_PROFILE"):
         from hypothesis import settings
@@ -148,7 +150,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if not _is_harness_path(collection_path) or _state(config).verify:
         return None
     named = [Path(str(a).split("::")[0]).resolve() for a in config.args]
-    if any(collection_path == a or collection_path in a.parents or a in collection_path.parents for a in named if _is_harness_path(a)):
+    if any(
+        collection_path == a or collection_path in a.parents or a in collection_path.parents
+        for a in named
+        if _is_harness_path(a)
+    ):
         return None
     return True
 
@@ -329,7 +335,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.sections.append(("kata", f"The code under test {call.excinfo.value}: look for a loop that never ends."))
     choice = _choice(item)
     if report.when == "teardown":
-        report.user_properties.append(("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"])))
+        report.user_properties.append(
+            ("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"]))
+        )
     if state.verify:
         from .verify import rewrite_report
 

@@ -14,7 +14,11 @@ from . import paths
 from .registry import Exercise, Registry
 
 # pytest plugins the checks rely on: (the name pytest registers it under, its module)
-PLUGINS = (("timeout", "pytest_timeout"), ("hypothesispytest", "_hypothesis_pytestplugin"), ("benchmark", "pytest_benchmark.plugin"))
+PLUGINS = (
+    ("timeout", "pytest_timeout"),
+    ("hypothesispytest", "_hypothesis_pytestplugin"),
+    ("benchmark", "pytest_benchmark.plugin"),
+)
 
 
 def plugin_args() -> list[str]:
@@ -26,8 +30,17 @@ def pytest_args(registry: Registry, exercises: Sequence[Exercise], extra: Sequen
     """Check files of the katas involved, filtered to exactly these exercises."""
     files = list(dict.fromkeys(str(registry.kata_of(e).check_file) for e in exercises))
     selection = [arg for e in exercises for arg in ("--exercise", e.id)]
-    return [*files, *selection, "-q", "--no-header", "-p", "no:cacheprovider", f"--rootdir={paths.ROOT}",
-            *plugin_args(), *extra]
+    return [
+        *files,
+        *selection,
+        "-q",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        f"--rootdir={paths.ROOT}",
+        *plugin_args(),
+        *extra,
+    ]
 
 
 def run_pytest(args: Sequence[str]) -> int:

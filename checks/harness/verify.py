@@ -115,11 +115,19 @@ def build_report(registry: Registry, results: list[CheckResult], collected: dict
             if not collected.get(exercise.id):
                 report.gaps.append(f"{exercise.id}: has no checks")
                 continue
-            report.gaps += [f"{exercise.id}: fails on the reference: {r.nodeid}" for r in ref if r.outcome not in (PASSED, "skipped")]
+            report.gaps += [
+                f"{exercise.id}: fails on the reference: {r.nodeid}"
+                for r in ref
+                if r.outcome not in (PASSED, "skipped")
+            ]
             if ref and not any(r.outcome == PASSED for r in ref):
                 report.gaps.append(f"{exercise.id}: no check ran on the reference (all skipped)")
             stub = [r for r in mine if r.role == "stub"]
-            report.gaps += [f"{exercise.id}: not todo on the stub ({r.outcome}): {r.nodeid}" for r in stub if r.outcome not in (TODO, "skipped")]
+            report.gaps += [
+                f"{exercise.id}: not todo on the stub ({r.outcome}): {r.nodeid}"
+                for r in stub
+                if r.outcome not in (TODO, "skipped")
+            ]
             if stub and all(r.outcome == TODO for r in stub if r.outcome != "skipped"):
                 row.todo_exercises += 1
             for entry in (e for e in entries if e.symbol in exercise.symbols):
@@ -178,7 +186,9 @@ def format_table(report: VerifyReport) -> list[str]:
         )
     )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    line = lambda row: "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
+    line = lambda row: "  ".join(
+        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+    )  # noqa: E731
     return [line(header), "  ".join("-" * w for w in widths), *map(line, rows)]
 
 
@@ -192,4 +202,7 @@ def print_summary(tr, state) -> None:
         for gap in report.gaps:
             tr.write_line(f"  - {gap}", red=True)
     else:
-        tr.write_line("verified: the reference passes, every stub is todo, every mistake is caught, every variant accepted", green=True)
+        tr.write_line(
+            "verified: the reference passes, every stub is todo, every mistake is caught, every variant accepted",
+            green=True,
+        )

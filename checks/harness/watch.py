@@ -54,7 +54,14 @@ def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
     modules and plugins; the check modules it imported are then forgotten, so that every child
     imports the current version of the checks and of the learner's code.
     """
-    modules = {"pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies", "checks.mistakes"}
+    modules = {
+        "pytest",
+        "hypothesis",
+        "checks.harness.plugin",
+        "checks.numerics",
+        "checks.strategies",
+        "checks.mistakes",
+    }
     for kata in {reg.kata_of(e) for e in exercises}:
         modules |= _imports_of(kata.check_file) | _imports_of(paths.module_file(paths.KATAS_DIR, kata.phase, kata.id))
     for name in sorted(modules):

@@ -64,7 +64,9 @@ def test_known_corpora_match_the_published_files():
     shakespeare, taylor = data.CORPORA["tinyshakespeare"], data.CORPORA["taylorswift"]
     assert shakespeare.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     assert shakespeare.size == 1_115_394
-    assert shakespeare.url == "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    assert (
+        shakespeare.url == "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    )
     assert taylor.sha256 == "c2e39cb822d4ae0caac22152cefc306d466e31217a9c5524e493ad2b76792f57"
     assert taylor.size == 185_768
     assert taylor.url == "https://raw.githubusercontent.com/karpathy/minbpe/master/tests/taylorswift.txt"
@@ -104,9 +106,16 @@ def test_missing_corpus_says_how_to_provide_it(monkeypatch, tmp_path, no_network
     with pytest.raises(data.CorpusUnavailable) as caught:
         data.find_corpus("tinyshakespeare")
     message = str(caught.value)
-    for needed in ("tinyshakespeare", data.DATA_DIR_ENV, "tinyshakespeare.txt", data.ALLOW_DOWNLOAD_ENV,
-                   data.CORPORA["tinyshakespeare"].sha256, data.CORPORA["tinyshakespeare"].url,
-                   str(tmp_path / "data" / "tinyshakespeare.txt"), str(data.cache_dir())):
+    for needed in (
+        "tinyshakespeare",
+        data.DATA_DIR_ENV,
+        "tinyshakespeare.txt",
+        data.ALLOW_DOWNLOAD_ENV,
+        data.CORPORA["tinyshakespeare"].sha256,
+        data.CORPORA["tinyshakespeare"].url,
+        str(tmp_path / "data" / "tinyshakespeare.txt"),
+        str(data.cache_dir()),
+    ):
         assert needed in message, f"the message should mention {needed!r}: {message}"
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import textwrap
-import xml.etree.ElementTree as ET
-
 import tomllib
+import xml.etree.ElementTree as ET
 
 from .conftest import copy_symbol
 
@@ -66,12 +65,12 @@ def test_reference_runs_partial_runs_and_single_tests_never_write_progress(proje
 def test_a_package_that_swaps_one_function_for_a_wrong_one_is_rejected(project):
     reference = project.read("reference/phase1/w01_numpy.py")
     wrong = reference + textwrap.dedent(
-        '''
+        """
 
         def softmax(x, axis=-1):
             e = np.exp(np.asarray(x, dtype=np.float64))
             return e / e.sum(axis=axis, keepdims=True)
-        '''
+        """
     )
     for package in ("wrongimpl", "wrongimpl/phase1"):
         project.write(f"{package}/__init__.py", "")

@@ -7,7 +7,9 @@ import textwrap
 from checks.harness.registry import Exercise
 from checks.harness.stubs import api_differences, reset_source, stub_body, stub_problems
 
-EX = Exercise(kata="w99_demo", name="area", title="Area", difficulty="easy", symbols=("area", "Shape"), hints=("a", "b"))
+EX = Exercise(
+    kata="w99_demo", name="area", title="Area", difficulty="easy", symbols=("area", "Shape"), hints=("a", "b")
+)
 TODO, RAISE = stub_body(EX.id)
 
 STUB = textwrap.dedent(

@@ -19,7 +19,7 @@ def test_the_w01_kata_verifies(project):
 
 def test_gaps_fail_the_run_and_are_named(project):
     catalogue = project.read("checks/mistakes/w01_numpy.py") + textwrap.dedent(
-        '''
+        """
 
         @mistake("softmax", "the reference in disguise: no check can catch it")
         def softmax_in_disguise(x, axis=-1):
@@ -31,16 +31,16 @@ def test_gaps_fail_the_run_and_are_named(project):
         @variant("softmax", "not actually correct")
         def softmax_wrong_variant(x, axis=-1):
             return np.zeros_like(np.asarray(x, dtype=np.float64))
-        '''
+        """
     )
     project.write("checks/mistakes/w01_numpy.py", catalogue)
     vacuous = textwrap.dedent(
-        '''
+        """
 
         @pytest.mark.exercise("softmax")
         def test_vacuous(impl):
             assert impl is not None
-        '''
+        """
     )
     project.write(CHECKS, project.read(CHECKS) + vacuous)
     run = verify(project)
@@ -52,6 +52,9 @@ def test_gaps_fail_the_run_and_are_named(project):
 
 def test_a_changed_stub_signature_is_a_gap(project):
     stub = project.read("katas/phase1/w01_numpy.py")
-    project.write("katas/phase1/w01_numpy.py", stub.replace("def softmax(x: np.ndarray, axis: int = -1)", "def softmax(x, axis=-1)"))
+    project.write(
+        "katas/phase1/w01_numpy.py",
+        stub.replace("def softmax(x: np.ndarray, axis: int = -1)", "def softmax(x, axis=-1)"),
+    )
     run = verify(project)
     assert run.returncode == 1 and "softmax differs" in run.stdout
