@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+
 from .outcomes import ExerciseTally
 
 SYMBOLS = {"passed": "✓", "failing": "✗", "todo": "·"}
+ASCII_SYMBOLS = {"passed": "+", "failing": "x", "todo": "."}  # for terminals that cannot show the others
+
+
+def _symbols() -> dict[str, str]:
+    try:
+        "".join(SYMBOLS.values()).encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return ASCII_SYMBOLS
+    return SYMBOLS
 COLOURS = {"passed": {"green": True}, "failing": {"red": True}, "todo": {"yellow": True}}
 
 
@@ -13,17 +24,18 @@ def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
     ordered = [e for e in reg.exercises if e.id in tallies]
     tr.section("kata summary", sep="=", bold=True)
     width = max(len(e.id) for e in ordered)
+    symbols = _symbols()
     for exercise in ordered:
         t = tallies[exercise.id]
         counts = f"{t.counts['passed']}/{t.ran} checks passed"
         if t.counts["skipped"]:
             counts += f", {t.counts['skipped']} skipped"
-        tr.write_line(f"  {SYMBOLS[t.status]} {exercise.id:<{width}}  {t.status:<8} {counts}", **COLOURS[t.status])
+        tr.write_line(f"  {symbols[t.status]} {exercise.id:<{width}}  {t.status:<8} {counts}", **COLOURS[t.status])
     update = state.progress_update
     if update is not None:
         for change in update.changes:
             if change.newly_passed:
-                tr.write_line(f"  🎉 {change.exercise} passed for the first time", green=True, bold=True)
+                tr.write_line(f"  {change.exercise} passed for the first time. Well done!", green=True, bold=True)
         for problem in update.problems:
             tr.write_line(f"  ! {problem}", yellow=True)
         tr.write_line(f"  progress saved to {update.path}")

@@ -7,6 +7,8 @@ import textwrap
 import tomllib
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from .conftest import copy_symbol
 
 SOFTMAX = "w01_numpy.softmax"
@@ -128,3 +130,19 @@ def test_a_check_without_an_exercise_is_a_collection_error(project):
     (project.root / "checks/phase1/test_w01_numpy_extra.py").unlink()
     run = project.pytest("checks/phase1/test_w01_numpy.py")
     assert run.returncode == 4 and "must map to an exercise" in run.stdout + run.stderr
+
+
+def test_a_syntax_error_is_reported_with_its_line(project):
+    stub = project.read("katas/phase1/w01_numpy.py")
+    project.write("katas/phase1/w01_numpy.py", stub + "\ndef broken(:\n")
+    run = project.kata("check", SOFTMAX)
+    assert run.returncode == 1
+    assert "fix the syntax" in run.stdout and "line" in run.stdout
+
+
+def test_parallel_runs_record_progress_once_from_the_controller(project):
+    pytest.importorskip("xdist")
+    copy_symbol(project, "w01_numpy", "phase1", "softmax")
+    run = project.pytest("checks/phase1/test_w01_numpy.py", "-n", "2", "--exercise", SOFTMAX)
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert progress_of(project)["w01_numpy"]["softmax"]["status"] == "passed"
