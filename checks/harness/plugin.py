@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -54,9 +53,9 @@ class RunState:
         self.collected: dict[str, list[str]] = {}  # exercise id -> node ids
         self.incomplete: set[str] = set()  # exercises some of whose checks were deselected by others
         self.own_deselection = False
-        self.results: dict[str, CheckResult] = {}
-        self.started = time.perf_counter()
-        self.progress_update: progress.RunUpdate | None = None
+        self.results: dict[str, CheckResult] = {}  # node id -> result, as reported (also by xdist workers)
+        self.progress_update: progress.RunUpdate | None = None  # what this run wrote to progress.toml
+        self.verify_report = None  # the verify.VerifyReport, under --kata-verify
 
     @property
     def writes_progress(self) -> bool:
