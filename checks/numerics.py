@@ -51,7 +51,8 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
         return None
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(a64 - e64)
-        diff = np.where(np.isnan(diff), np.inf, diff)
+        both_nan = np.isnan(a64) & np.isnan(e64) if a64.dtype.kind == "f" and e64.dtype.kind == "f" else False
+        diff = np.where(both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))  # nan vs number: infinitely wrong
         index = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
         rel = diff[index] / max(abs(float(e64[index])) if np.isfinite(e64[index]) else 1.0, 1e-300)
     where = f" at index {tuple(int(i) for i in index)}" if index else ""
