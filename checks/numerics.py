@@ -58,7 +58,7 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
     where = f" at index {tuple(int(i) for i in index)}" if index else ""
     return (
         f"{int((~close).sum())} of {close.size} values differ; max abs error {diff[index]:.3g}{where} "
-        f"(got {a64[index]!r}, expected {e64[index]!r}, rel. error {rel:.3g}); tolerance atol={atol:g}, rtol={rtol:g}"
+        f"(got {a64[index].item()!r}, expected {e64[index].item()!r}, rel. error {rel:.3g}); tolerance atol={atol:g}, rtol={rtol:g}"
     )
 
 
