@@ -44,21 +44,29 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
     a, e = _to_numpy(actual), _to_numpy(expected)
     if a.shape != e.shape:
         return f"shape {a.shape} where {e.shape} was expected"
-    a64 = a.astype(np.float64) if a.dtype.kind in "biuf" else a
-    e64 = e.astype(np.float64) if e.dtype.kind in "biuf" else e
+    if a.dtype.kind not in "biuf" or e.dtype.kind not in "biuf":  # strings, objects: exact equality
+        unequal = np.argwhere(a != e) if a.ndim else ([()] if a != e else [])
+        if not len(unequal):
+            return None
+        index = tuple(int(i) for i in unequal[0])
+        got, want = a[index].tolist(), e[index].tolist()
+        where = f" at index {index}" if index else ""
+        return f"{len(unequal)} of {max(a.size, 1)} values differ; the first{where}: got {got!r}, expected {want!r}"
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
     close = np.isclose(a64, e64, rtol=rtol, atol=atol, equal_nan=True)  # nan only matches nan
     if close.all():
         return None
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(a64 - e64)
-        both_nan = np.isnan(a64) & np.isnan(e64) if a64.dtype.kind == "f" and e64.dtype.kind == "f" else False
+        both_nan = np.isnan(a64) & np.isnan(e64)
         diff = np.where(both_nan, 0.0, np.where(np.isnan(diff), np.inf, diff))  # nan vs number: infinitely wrong
         index = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
         rel = diff[index] / max(abs(float(e64[index])) if np.isfinite(e64[index]) else 1.0, 1e-300)
     where = f" at index {tuple(int(i) for i in index)}" if index else ""
     return (
         f"{int((~close).sum())} of {close.size} values differ; max abs error {diff[index]:.3g}{where} "
-        f"(got {a64[index].item()!r}, expected {e64[index].item()!r}, rel. error {rel:.3g}); tolerance atol={atol:g}, rtol={rtol:g}"
+        f"(got {a64[index].item()!r}, expected {e64[index].item()!r}, rel. error {rel:.3g}); "
+        f"tolerance atol={atol:g}, rtol={rtol:g}"
     )
 
 
@@ -157,9 +165,10 @@ def assert_gradient(
             f"Called {call}. The gradient for {argument} has shape {analytic.shape}; "
             f"it must have the shape of {argument}, {numeric.shape}."
         )
-    scale = np.maximum(np.abs(analytic) + np.abs(numeric), 1e-12)
-    errors = np.abs(analytic - numeric) / scale
-    errors = np.where(np.abs(analytic - numeric) < 1e-10, 0.0, errors)  # both ~0: no signal to compare
+    # Relative to each entry, but never to less than a millionth of the largest entry: central
+    # differences cannot resolve entries that small, and their absolute error is what matters there.
+    floor = max(1e-6 * float(np.max(np.abs(numeric), initial=0.0)), 1e-12)
+    errors = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), floor)
     if errors.size and errors.max() > max_rel_error:
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(errors)), errors.shape))
         raise AssertionError(
