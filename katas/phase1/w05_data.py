@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the canonical stub bodies are longer than the line limit)
 """Kata w05_data (Weeks 5-6): data handling & visualisation.
 
 The learning path's week 5-6 sample loads a CSV with pandas, plots a histogram of text lengths with
