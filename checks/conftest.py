@@ -8,7 +8,9 @@ Hypothesis profiles, chosen with ``KATA_PROFILE`` (``CI=true`` picks ``ci`` when
 """
 
 import os
+import sys
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,3 +27,19 @@ settings.register_profile("thorough", max_examples=500, **_common)
 # kata verify only needs to know *whether* a check fails, so it skips shrinking the counterexample.
 settings.register_profile("verify", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate])
 settings.load_profile(os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _torch_on_one_thread(request):
+    """Checks run tiny tensors, for which one thread is several times faster than a pool of them.
+
+    Training challenges (``slow``) and benchmarks (``perf``) keep every thread.
+    """
+    torch = sys.modules.get("torch")  # imported by the check module, if it needs torch at all
+    if torch is None or request.node.get_closest_marker("slow") or request.node.get_closest_marker("perf"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
