@@ -1,0 +1,483 @@
+"""Catalogued mistakes and correct variants for w13_attention.
+
+Class entries subclass the reference class and override one method, so everything else stays right.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from checks.mistakes import mistake, variant
+from reference.phase2.w13_attention import (
+    PositionalEncoding,
+    SelfAttention,
+    TransformerBlock,
+    causal_mask,
+    scaled_dot_product_attention,
+)
+
+# --------------------------------------------------------------------------------------------------
+# scaled_dot_product_attention
+
+
+def _validate(q, k, v, attn_mask, is_causal):
+    """The reference's input checks, so that each mistake is caught by the check aimed at it."""
+    if attn_mask is not None and is_causal:
+        raise ValueError("attn_mask and is_causal=True are exclusive")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"incompatible shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def _scores(q, k, attn_mask, is_causal, scale):
+    """Scaled, masked scores, as the reference computes them (shared by the mistakes below)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = torch.where(attn_mask, scores, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return scores
+
+
+@mistake("scaled_dot_product_attention",
+         "the scores are not multiplied by 1/sqrt(E), so the softmax is too peaked for large head sizes")
+def sdpa_no_scale(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale=1.0 if scale is None else scale)
+
+
+@mistake("scaled_dot_product_attention",
+         "the softmax runs over the queries (dim=-2) instead of the keys (dim=-1), so weight rows do not sum to 1")
+def sdpa_softmax_over_queries(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    _validate(q, k, v, attn_mask, is_causal)
+    scores = _scores(q, k, attn_mask, is_causal, scale)
+    weights = torch.nan_to_num(torch.softmax(scores, dim=-2))
+    return weights @ v, weights
+
+
+@mistake("scaled_dot_product_attention",
+         "the mask is applied after the softmax (masked weights zeroed), so the remaining weights no longer sum to 1")
+def sdpa_mask_after_softmax(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    _validate(q, k, v, attn_mask, is_causal)
+    weights = torch.softmax(_scores(q, k, None, False, scale), dim=-1)
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None:
+        keep = attn_mask if attn_mask.dtype == torch.bool else torch.exp(attn_mask)
+        weights = weights * keep
+    return weights @ v, weights
+
+
+@mistake("scaled_dot_product_attention",
+         "a plain softmax over a row whose keys are all masked computes 0/0 and returns nan (must be 0)")
+def sdpa_nan_for_fully_masked_rows(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    _validate(q, k, v, attn_mask, is_causal)
+    weights = torch.softmax(_scores(q, k, attn_mask, is_causal, scale), dim=-1)
+    return weights @ v, weights
+
+
+@mistake("scaled_dot_product_attention",
+         "fully masked rows are zeroed after a nan softmax: the forward pass is right but the gradients are nan")
+def sdpa_nan_gradients(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    _validate(q, k, v, attn_mask, is_causal)
+    scores = _scores(q, k, attn_mask, is_causal, scale)
+    weights = torch.softmax(scores, dim=-1)
+    weights = torch.where(torch.isnan(weights), torch.zeros_like(weights), weights)
+    return weights @ v, weights
+
+
+@mistake("scaled_dot_product_attention",
+         "a bool mask is read as True = masked (nn.MultiheadAttention's convention), the opposite of torch's SDPA")
+def sdpa_inverted_bool_mask(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = ~attn_mask
+    return scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)
+
+
+@mistake("scaled_dot_product_attention", "is_causal is ignored, so every query also sees the keys after it")
+def sdpa_ignores_is_causal(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    return scaled_dot_product_attention(q, k, v, attn_mask, False, scale)
+
+
+@variant("scaled_dot_product_attention",
+         "einsum for the products, torch.softmax on scores whose empty rows are replaced by zeros, then re-masked")
+def sdpa_einsum_softmax(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    _validate(q, k, v, attn_mask, is_causal)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("...ld,...sd->...ls", q, k) * scale
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    alive = torch.isfinite(scores).any(dim=-1, keepdim=True)  # rows with at least one allowed key
+    weights = torch.softmax(torch.where(alive, scores, torch.zeros_like(scores)), dim=-1) * alive
+    return torch.einsum("...ls,...sd->...ld", weights, v), weights
+
+
+# --------------------------------------------------------------------------------------------------
+# causal_mask / padding_mask
+
+
+def _validate_t(t):
+    if t < 0:
+        raise ValueError(f"t={t} must be >= 0")
+
+
+def _validated_lengths(lengths, t):
+    _validate_t(t)
+    lengths = torch.as_tensor(lengths)
+    for n in lengths.tolist():
+        if not 0 <= n <= t:
+            raise ValueError(f"length {n} is outside [0, {t}]")
+    return lengths
+
+
+@mistake("causal_mask", "off by one on the diagonal (tril(-1)): a token cannot attend to itself, the first to nothing")
+def causal_mask_without_diagonal(t, device=None):
+    _validate_t(t)
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril(diagonal=-1)
+
+
+@mistake("causal_mask", "upper-triangular: every token attends to the future instead of the past")
+def causal_mask_upper(t, device=None):
+    _validate_t(t)
+    return torch.ones(t, t, dtype=torch.bool, device=device).triu()
+
+
+@mistake("padding_mask", "inverted: True marks the padding (nn.MultiheadAttention's key_padding_mask convention)")
+def padding_mask_inverted(lengths, t):
+    lengths = _validated_lengths(lengths, t)
+    return torch.arange(t)[None, :] >= lengths[:, None]
+
+
+@mistake("padding_mask", "off by one (<=): the first padding position is kept as a real token")
+def padding_mask_off_by_one(lengths, t):
+    lengths = _validated_lengths(lengths, t)
+    return torch.arange(t)[None, :] <= lengths[:, None]
+
+
+@mistake("padding_mask", "no validation: a length longer than t silently gives a full row")
+def padding_mask_unchecked(lengths, t):
+    lengths = torch.as_tensor(lengths)
+    return torch.arange(t)[None, :] < lengths[:, None]
+
+
+@variant("causal_mask", "built with torch.tril on a ones matrix")
+def causal_mask_tril(t, device=None):
+    if t < 0:
+        raise ValueError(f"t={t} must be >= 0")
+    return torch.tril(torch.ones(t, t, dtype=torch.bool, device=device))
+
+
+@variant("padding_mask", "row by row from Python ints, then stacked")
+def padding_mask_rows(lengths, t):
+    if t < 0:
+        raise ValueError(f"t={t} must be >= 0")
+    lengths = [int(n) for n in (lengths.tolist() if torch.is_tensor(lengths) else lengths)]
+    for n in lengths:
+        if n < 0 or n > t:
+            raise ValueError(f"length {n} is outside [0, {t}]")
+    rows = [torch.tensor([True] * n + [False] * (t - n), dtype=torch.bool) for n in lengths]
+    return torch.stack(rows) if rows else torch.zeros(0, t, dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# SelfAttention
+
+
+@mistake("SelfAttention", "heads split with view(B, H, T, hd) instead of view(B, T, H, hd).transpose(1, 2): "
+         "tokens get mixed into heads")
+class SelfAttentionHeadsWithoutTranspose(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = (y.view(B, H, T, hd) for y in (self.query(x), self.key(x), self.value(x)))  # wrong: no transpose
+        mask = causal_mask(T) if self.causal else None
+        if key_padding_mask is not None:
+            keep = key_padding_mask[:, None, None, :]
+            mask = keep if mask is None else mask & keep
+        out, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.reshape(B, T, E))
+
+
+@mistake("SelfAttention", "embed_dim not divisible by num_heads is not rejected in __init__ (seed: an unclear "
+         "view error later instead of a ValueError)")
+class SelfAttentionNoDivisibilityCheck(SelfAttention):
+    """The seed: head_dim = embed_dim // num_heads and an unclear crash later."""
+
+    def __init__(self, embed_dim, num_heads, causal=False, dropout=0.0):
+        nn.Module.__init__(self)
+        self.embed_dim, self.num_heads, self.causal = embed_dim, num_heads, causal
+        self.head_dim = embed_dim // num_heads
+        self.query = nn.Linear(embed_dim, embed_dim)
+        self.key = nn.Linear(embed_dim, embed_dim)
+        self.value = nn.Linear(embed_dim, embed_dim)
+        self.out = nn.Linear(embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+
+@mistake("SelfAttention", "causal=True is ignored (the seed had no mask): outputs depend on future tokens")
+class SelfAttentionNeverCausal(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        causal, self.causal = self.causal, False
+        try:
+            return super().forward(x, key_padding_mask)
+        finally:
+            self.causal = causal
+
+
+@mistake("SelfAttention", "scores scaled by 1/sqrt(embed_dim) instead of 1/sqrt(head_dim)")
+class SelfAttentionScaledByEmbedDim(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = (y.view(B, T, H, hd).transpose(1, 2) for y in (self.query(x), self.key(x), self.value(x)))
+        mask = causal_mask(T) if self.causal else None
+        if key_padding_mask is not None:
+            keep = key_padding_mask[:, None, None, :]
+            mask = keep if mask is None else mask & keep
+        out, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(E))
+        return self.out(out.transpose(1, 2).reshape(B, T, E))
+
+
+@mistake("SelfAttention", "key_padding_mask read as True = padding (nn.MultiheadAttention's convention): "
+         "real tokens are ignored and padding attended")
+class SelfAttentionPaddingInverted(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        return super().forward(x, None if key_padding_mask is None else ~key_padding_mask.bool())
+
+
+@mistake("SelfAttention", "dropout is applied in eval mode too (F.dropout(..., training=True)), so inference "
+         "is random")
+class SelfAttentionDropoutInEval(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = (y.view(B, T, H, hd).transpose(1, 2) for y in (self.query(x), self.key(x), self.value(x)))
+        mask = causal_mask(T) if self.causal else None
+        if key_padding_mask is not None:
+            keep = key_padding_mask[:, None, None, :]
+            mask = keep if mask is None else mask & keep
+        _, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.dropout(weights, self.dropout.p, training=True) @ v  # wrong: ignores self.training
+        return self.out(out.transpose(1, 2).reshape(B, T, E))
+
+
+@variant("SelfAttention", "one fused (3E, E) projection and einsum over named axes, no transposes")
+class SelfAttentionFusedEinsum(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3E, E): one projection
+        b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        q, k, v = F.linear(x, w, b).reshape(B, T, 3, H, hd).unbind(dim=2)  # each (B, T, H, hd)
+        scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(hd)
+        allowed = torch.ones(T, T, dtype=torch.bool, device=x.device)
+        if self.causal:
+            allowed = allowed.tril()
+        allowed = allowed.expand(B, 1, T, T)
+        if key_padding_mask is not None:
+            allowed = allowed & key_padding_mask.bool()[:, None, None, :]
+        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        weights = torch.nan_to_num(weights)
+        if self.training:
+            weights = self.dropout(weights)
+        out = torch.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, E)
+        return self.out(out)
+
+
+@variant("SelfAttention", "unflatten/permute and torch's own F.scaled_dot_product_attention")
+class SelfAttentionTorchSDPA(SelfAttention):
+    def forward(self, x, key_padding_mask=None):
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = (y.unflatten(-1, (H, hd)).permute(0, 2, 1, 3) for y in (self.query(x), self.key(x), self.value(x)))
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask.bool()[:, None, None, :]
+            if self.causal:
+                mask = mask & causal_mask(T)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+            dropout_p=self.dropout.p if self.training else 0.0,
+        )
+        return self.out(out.permute(0, 2, 1, 3).flatten(-2))
+
+
+# --------------------------------------------------------------------------------------------------
+# PositionalEncoding
+
+
+@mistake("PositionalEncoding", "crashes on an odd embed_dim (seed): there are ceil(E/2) frequencies but only "
+         "floor(E/2) cosine columns")
+class PositionalEncodingSeed(PositionalEncoding):
+    """The learning path's code as written (float32, cosines not cut for odd E)."""
+
+    def __init__(self, embed_dim, max_len=5000):
+        nn.Module.__init__(self)
+        self.embed_dim, self.max_len = embed_dim, max_len
+        pe = torch.zeros(max_len, embed_dim)
+        position = torch.arange(0, max_len).unsqueeze(1).float()
+        div_term = torch.exp(torch.arange(0, embed_dim, 2).float() * -(math.log(10000.0) / embed_dim))
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        self.register_buffer("pe", pe.unsqueeze(0))
+
+
+@mistake("PositionalEncoding", "sin and cos swapped: even columns hold the cosines")
+class PositionalEncodingSinCosSwapped(PositionalEncoding):
+    def __init__(self, embed_dim, max_len=5000):
+        super().__init__(embed_dim, max_len)
+        pe = self.pe.clone()
+        n = embed_dim // 2
+        pe[..., 0:2 * n:2], pe[..., 1:2 * n:2] = self.pe[..., 1:2 * n:2], self.pe[..., 0:2 * n:2]
+        self.pe = pe
+
+
+@mistake("PositionalEncoding", "frequency exponent i/E instead of 2i/E, so the wavelengths are wrong")
+class PositionalEncodingWrongExponent(PositionalEncoding):
+    def __init__(self, embed_dim, max_len=5000):
+        super().__init__(embed_dim, max_len)
+        position = torch.arange(max_len, dtype=torch.float64)[:, None]
+        div_term = 10000.0 ** (-torch.arange((embed_dim + 1) // 2, dtype=torch.float64) / embed_dim)  # i, not 2i
+        angles = position * div_term
+        pe = torch.zeros(max_len, embed_dim, dtype=torch.float64)
+        pe[:, 0::2] = torch.sin(angles)
+        pe[:, 1::2] = torch.cos(angles[:, : embed_dim // 2])
+        self.pe = pe.unsqueeze(0).float()
+
+
+@mistake("PositionalEncoding", "an input longer than max_len is not rejected (seed: an unclear broadcasting "
+         "error instead of a ValueError)")
+class PositionalEncodingNoLengthCheck(PositionalEncoding):
+    def forward(self, x):
+        return x + self.pe[:, : x.size(1)].to(x.dtype)
+
+
+@mistake("PositionalEncoding", "positions counted along the batch axis (x.size(0)) instead of the time axis")
+class PositionalEncodingBatchAxis(PositionalEncoding):
+    def forward(self, x):
+        if x.size(1) > self.max_len:
+            raise ValueError(f"length {x.size(1)} > max_len {self.max_len}")
+        return x + self.pe[0, : x.size(0)][:, None, :].to(x.dtype)  # position = batch index
+
+
+@mistake("PositionalEncoding", "a float64 table added to a float32 input promotes the output to float64")
+class PositionalEncodingNoDtypeCast(PositionalEncoding):
+    def __init__(self, embed_dim, max_len=5000):
+        super().__init__(embed_dim, max_len)
+        self.pe = self.pe.double()
+
+    def forward(self, x):
+        if x.size(1) > self.max_len:
+            raise ValueError(f"length {x.size(1)} > max_len {self.max_len}")
+        return x + self.pe[:, : x.size(1)]
+
+
+@variant("PositionalEncoding", "float32 arithmetic with stacked (sin, cos) pairs cut to embed_dim columns")
+class PositionalEncodingFloat32Interleave(PositionalEncoding):
+    """The seed's float32 arithmetic, fixed for odd E by building (sin, cos) pairs and truncating."""
+
+    def __init__(self, embed_dim, max_len=5000):
+        nn.Module.__init__(self)
+        self.embed_dim, self.max_len = embed_dim, max_len
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, embed_dim, 2, dtype=torch.float32) / embed_dim))
+        angles = position * inv_freq
+        pe = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)[:, :embed_dim]
+        self.register_buffer("pe", pe.unsqueeze(0))
+
+    def forward(self, x):
+        if x.size(1) > self.max_len:
+            raise ValueError(f"length {x.size(1)} > max_len {self.max_len}")
+        return x + self.pe[:, : x.size(1)].to(x.dtype)
+
+
+@variant("PositionalEncoding", "NumPy loop over columns, kept in float64 and cast in forward")
+class PositionalEncodingNumpyLoop(PositionalEncoding):
+    """Straight from the formula with NumPy loops, kept as a plain float64 tensor attribute."""
+
+    def __init__(self, embed_dim, max_len=5000):
+        nn.Module.__init__(self)
+        self.embed_dim, self.max_len = embed_dim, max_len
+        pe = np.zeros((max_len, embed_dim))
+        for c in range(embed_dim):
+            rate = 10000.0 ** (-(2 * (c // 2)) / embed_dim)
+            pe[:, c] = np.sin(np.arange(max_len) * rate) if c % 2 == 0 else np.cos(np.arange(max_len) * rate)
+        self.register_buffer("table", torch.from_numpy(pe), persistent=False)
+
+    def forward(self, x):
+        T = x.shape[1]
+        if T > self.max_len:
+            raise ValueError(f"input of length {T} exceeds max_len {self.max_len}")
+        return x + self.table[:T].to(dtype=x.dtype, device=x.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# TransformerBlock
+
+
+@mistake("TransformerBlock", "the feed-forward's residual adds the block's input instead of the attention "
+         "sub-layer's output (residual around the wrong sub-layer)")
+class TransformerBlockWrongResidual(TransformerBlock):
+    def forward(self, x, key_padding_mask=None):
+        if self.norm_first:
+            h = x + self.dropout(self.attention(self.norm1(x), key_padding_mask))
+            return x + self.dropout(self.feed_forward(self.norm2(h)))  # wrong: shortcut from the block input
+        h = self.norm1(x + self.dropout(self.attention(x, key_padding_mask)))
+        return self.norm2(x + self.dropout(self.feed_forward(h)))  # wrong: shortcut from the block input
+
+
+@mistake("TransformerBlock", "pre-norm that normalises the residual stream (x = norm(x); x = x + f(x)) instead "
+         "of only the sub-layer's input")
+class TransformerBlockNormalisedResidual(TransformerBlock):
+    def forward(self, x, key_padding_mask=None):
+        if not self.norm_first:
+            return super().forward(x, key_padding_mask)
+        x = self.norm1(x)  # wrong: the residual stream itself gets normalised
+        x = x + self.dropout(self.attention(x, key_padding_mask))
+        x = self.norm2(x)
+        return x + self.dropout(self.feed_forward(x))
+
+
+@mistake("TransformerBlock", "norm_first is ignored: always post-norm")
+class TransformerBlockAlwaysPostNorm(TransformerBlock):
+    def forward(self, x, key_padding_mask=None):
+        x = self.norm1(x + self.dropout(self.attention(x, key_padding_mask)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))
+
+
+@mistake("TransformerBlock", "causal is not passed on to the attention (seed: SelfAttention(embed_dim, num_heads))")
+class TransformerBlockNotCausal(TransformerBlock):
+    def __init__(self, embed_dim, num_heads, ff_dim, dropout=0.1, norm_first=False, causal=False):
+        super().__init__(embed_dim, num_heads, ff_dim, dropout, norm_first, causal)
+        self.attention = SelfAttention(embed_dim, num_heads, dropout=dropout)  # seed: causal never passed on
+
+
+@variant("TransformerBlock", "a loop over (norm, sub-layer) pairs with functional layer_norm/linear/relu")
+class TransformerBlockFunctional(TransformerBlock):
+    def forward(self, x, key_padding_mask=None):
+        def ln(norm, y):
+            return F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+        def ff(y):
+            first, last = self.feed_forward[0], self.feed_forward[2]
+            return F.linear(F.relu(F.linear(y, first.weight, first.bias)), last.weight, last.bias)
+
+        sublayers = [(self.norm1, lambda y: self.attention(y, key_padding_mask)), (self.norm2, ff)]
+        for norm, f in sublayers:
+            if self.norm_first:
+                x = x + self.dropout(f(ln(norm, x)))
+            else:
+                x = ln(norm, x + self.dropout(f(x)))
+        return x

@@ -1,0 +1,180 @@
+"""Reference solutions for w13_attention (Weeks 13-14: transformers).
+
+Fixes of the learning path's own code (the seed):
+- ``PositionalEncoding`` crashed for an odd ``embed_dim``: the cosine columns ``pe[:, 1::2]`` are one fewer
+  than the frequencies. Here the cosines are cut to ``embed_dim // 2`` columns.
+- ``SelfAttention`` had no causal mask and crashed with an unclear ``view`` error when ``embed_dim`` was not
+  divisible by ``num_heads``; here the mask is optional and the constructor raises a ``ValueError``.
+- ``TransformerBlock`` was post-norm only and always bidirectional; ``norm_first`` and ``causal`` are added.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T * scale + mask) v, returning (output, weights); rows with no allowed key give 0."""
+    if attn_mask is not None and is_causal:
+        raise ValueError("pass either attn_mask or is_causal=True, not both (combine the masks yourself)")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share their last dimension; got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of keys; got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    L, S = q.shape[-2], k.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])  # keeps the scores' variance ~1 whatever the head size
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
+    if is_causal:
+        # top-left aligned, like torch: query i sees keys 0..i
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = torch.where(attn_mask, scores, float("-inf"))  # True = may attend
+        elif attn_mask.is_floating_point():
+            scores = scores + attn_mask.to(scores.dtype)  # additive: 0 keeps, -inf removes
+        else:
+            raise ValueError(f"attn_mask must be bool or floating point, got dtype {attn_mask.dtype}")
+    # A softmax that maps a row of -inf (no allowed key) to zeros instead of 0/0 = nan, forward and backward:
+    # shift by the row max (0 for an empty row), then divide by a sum clamped away from 0.
+    row_max = scores.amax(dim=-1, keepdim=True).detach()  # the shift cancels, no gradient needed
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    weights = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    return weights @ v, weights
+
+
+def causal_mask(t: int, device: torch.device | str | None = None) -> Tensor:
+    """(t, t) bool mask, True where query i may attend to key j, i.e. j <= i."""
+    t = operator.index(t)
+    if t < 0:
+        raise ValueError(f"t must be >= 0, got t={t}")
+    idx = torch.arange(t, device=device)
+    return idx[None, :] <= idx[:, None]  # diagonal included: a token sees itself
+
+
+def padding_mask(lengths: Tensor | Sequence[int], t: int) -> Tensor:
+    """(B, t) bool mask, True on the first lengths[b] positions of row b (real tokens), False on padding."""
+    t = operator.index(t)
+    if t < 0:
+        raise ValueError(f"t must be >= 0, got t={t}")
+    lengths = torch.as_tensor(lengths)
+    if lengths.ndim != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1-D sequence of integers, got {lengths!r}")
+    for b, n in enumerate(lengths.tolist()):
+        if not 0 <= n <= t:
+            raise ValueError(f"lengths[{b}] = {n} is outside [0, t={t}]")
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with separate query/key/value/out projections (the seed's layout)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError(f"embed_dim and num_heads must be positive, got {embed_dim} and {num_heads}")
+        if embed_dim % num_heads != 0:
+            # the seed failed later inside .view with an unclear shape error
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.causal = causal
+        self.query = nn.Linear(embed_dim, embed_dim)
+        self.key = nn.Linear(embed_dim, embed_dim)
+        self.value = nn.Linear(embed_dim, embed_dim)
+        self.out = nn.Linear(embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must have shape (B, T, {self.embed_dim}), got {tuple(x.shape)}")
+        B, T, E = x.shape
+        H, hd = self.num_heads, self.head_dim
+
+        def heads(y: Tensor) -> Tensor:
+            # (B, T, E) -> (B, T, H, hd) -> (B, H, T, hd): each head sees all T tokens of its hd features
+            return y.view(B, T, H, hd).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        mask = causal_mask(T, device=x.device) if self.causal else None  # (T, T)
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (B, T):
+                raise ValueError(f"key_padding_mask must have shape ({B}, {T}), got {tuple(key_padding_mask.shape)}")
+            keep = key_padding_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T): same for every head and query
+            mask = keep if mask is None else mask & keep
+        out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        if self.training and self.dropout.p > 0:
+            out = self.dropout(weights) @ v  # dropout on the attention weights, as nn.MultiheadAttention does
+        out = out.transpose(1, 2).reshape(B, T, E)  # heads back side by side
+        return self.out(out)
+
+
+class PositionalEncoding(nn.Module):
+    """Adds the fixed sinusoidal encoding of "Attention is all you need" to a (B, T, E) input."""
+
+    def __init__(self, embed_dim: int, max_len: int = 5000) -> None:
+        super().__init__()
+        if embed_dim <= 0 or max_len <= 0:
+            raise ValueError(f"embed_dim and max_len must be positive, got {embed_dim} and {max_len}")
+        self.embed_dim = embed_dim
+        self.max_len = max_len
+        # computed in float64 so that large positions stay accurate, stored in the default dtype
+        position = torch.arange(max_len, dtype=torch.float64)[:, None]
+        div_term = torch.exp(torch.arange(0, embed_dim, 2, dtype=torch.float64) * (-math.log(10000.0) / embed_dim))
+        angles = position * div_term  # (max_len, ceil(E / 2))
+        pe = torch.zeros(max_len, embed_dim, dtype=torch.float64)
+        pe[:, 0::2] = torch.sin(angles)
+        pe[:, 1::2] = torch.cos(angles[:, : embed_dim // 2])  # one column fewer when E is odd (the seed crashed)
+        self.register_buffer("pe", pe.unsqueeze(0).to(torch.get_default_dtype()))  # (1, max_len, E)
+
+    def forward(self, x: Tensor) -> Tensor:
+        T = x.size(1)
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} is longer than max_len={self.max_len}")
+        return x + self.pe[:, :T].to(x.dtype)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention and a ReLU feed-forward network, each with a residual connection and LayerNorm."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        dropout: float = 0.1,
+        norm_first: bool = False,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attention = SelfAttention(embed_dim, num_heads, causal=causal, dropout=dropout)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.feed_forward = nn.Sequential(nn.Linear(embed_dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, embed_dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        if self.norm_first:
+            # pre-norm: the residual stream x itself is never normalised, only each sub-layer's input
+            x = x + self.dropout(self.attention(self.norm1(x), key_padding_mask))
+            x = x + self.dropout(self.feed_forward(self.norm2(x)))
+        else:
+            # post-norm (the seed, and the original paper): normalise after each residual sum
+            x = self.norm1(x + self.dropout(self.attention(x, key_padding_mask)))
+            x = self.norm2(x + self.dropout(self.feed_forward(x)))
+        return x
