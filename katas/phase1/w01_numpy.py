@@ -14,7 +14,6 @@ Run the checks of one exercise with ``kata check w01_numpy.softmax``; ``kata hin
 gives a staged hint.
 """
 
-# ruff: noqa: E501  (the canonical stub line `raise NotImplementedError("<id> ...")` is one line by design)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence

@@ -9,7 +9,6 @@ Run the checks of one exercise with `kata check w03_torch.mse_loss`; ask for a h
 """
 
 # The canonical stub bodies are one line each, however long (`kata reset` rewrites them by that form).
-# ruff: noqa: E501
 
 from __future__ import annotations
 

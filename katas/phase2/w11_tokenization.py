@@ -17,7 +17,6 @@ Run ``kata check w11_tokenization`` to check your work.
 """
 
 # The canonical stub lines (`raise NotImplementedError(...)`) are longer than 120 characters here.
-# ruff: noqa: E501
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ Shape names used below: B batch, H heads, T sequence length, L queries, S keys, 
 hd = E // H the size of one head. Run ``kata check w13_attention`` to check your work.
 """
 
-# ruff: noqa: E501 - the canonical stub bodies name the exercise id twice and cannot be wrapped
 
 from __future__ import annotations
 
