@@ -27,51 +27,16 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from checks.mistakes import mistakes_for
 from checks.numerics import assert_close, compare_with_reference, describe, error_report
+from checks.torch_strategies import generator, randn, refill_, seeded, seeds
 
 pytestmark = pytest.mark.kata("w09_training")
 
 KATA = "w09_training"
 DT = torch.float64
-seeds = st.integers(0, 2**31 - 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine the thread pool's hand-offs make a small
-    forward pass 10-30x slower: run this module's checks on one thread, and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------
 # private helpers (general torch helpers a kata could share; see the report)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=DT) * scale
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Run code that uses torch's global RNG with a drawn seed, restoring the global state afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _refill_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
-    """Overwrite every parameter with seeded values, so no check depends on the global RNG."""
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module
 
 
 def _copy_by_name(mine: nn.Module, theirs: nn.Module, names: tuple[str, ...], owner: str) -> None:
@@ -91,7 +56,7 @@ def _cause(symbol: str, actual, run, rtol: float = 1e-6, atol: float = 1e-9) -> 
     """The catalogued mistake of ``symbol`` whose result ``run(mistake)`` reproduces ``actual``, if any."""
     for entry in mistakes_for(KATA, symbol):
         try:
-            with _seeded(0):
+            with seeded(0):
                 candidate = run(entry.obj)
             if error_report(actual, candidate, rtol, atol) is None:
                 return entry.because
@@ -142,10 +107,10 @@ def _norm_tuple(shape_arg) -> tuple[int, ...]:
 
 def _torch_layernorm(shape_arg, eps: float, seed: int) -> nn.LayerNorm:
     ln = nn.LayerNorm(shape_arg, eps=eps, dtype=DT)
-    gen = _gen(seed)
+    gen = generator(seed)
     with torch.no_grad():
-        ln.weight.copy_(1 + _randn(gen, *ln.weight.shape, scale=0.5))
-        ln.bias.copy_(_randn(gen, *ln.bias.shape, scale=0.5))
+        ln.weight.copy_(1 + randn(gen, *ln.weight.shape, scale=0.5))
+        ln.bias.copy_(randn(gen, *ln.bias.shape, scale=0.5))
     return ln
 
 
@@ -156,9 +121,9 @@ def _my_layernorm(cls, shape_arg, eps: float, theirs: nn.LayerNorm) -> nn.Module
 
 
 def _layernorm_input(lead, shape_arg, scale, seed) -> torch.Tensor:
-    gen = _gen(seed + 1)
+    gen = generator(seed + 1)
     shape = lead + _norm_tuple(shape_arg)
-    return _randn(gen, *shape, scale=scale) + _randn(gen, *shape[:-1], 1, scale=2.0)  # an offset per row
+    return randn(gen, *shape, scale=scale) + randn(gen, *shape[:-1], 1, scale=2.0)  # an offset per row
 
 
 @pytest.mark.exercise("LayerNorm")
@@ -193,7 +158,7 @@ def test_layernorm_gradients_match_torch(impl, case):
     theirs = _torch_layernorm(shape_arg, eps, seed)
     mine = _my_layernorm(impl.LayerNorm, shape_arg, eps, theirs)
     x = _layernorm_input(lead, shape_arg, scale, seed)
-    upstream = _randn(_gen(seed + 2), *x.shape)
+    upstream = randn(generator(seed + 2), *x.shape)
     grads = []
     for module in (mine, theirs):
         leaf = x.clone().requires_grad_()
@@ -211,7 +176,7 @@ def test_layernorm_gradients_match_torch(impl, case):
 def test_layernorm_passes_gradcheck(impl):
     theirs = _torch_layernorm((3, 4), 1e-3, 5)
     mine = _my_layernorm(impl.LayerNorm, (3, 4), 1e-3, theirs)
-    x = _randn(_gen(6), 2, 3, 4).requires_grad_()
+    x = randn(generator(6), 2, 3, 4).requires_grad_()
     ok = torch.autograd.gradcheck(mine, (x,), eps=1e-6, atol=1e-6, raise_exception=False)
     assert ok, (
         "Called torch.autograd.gradcheck(LayerNorm((3, 4), eps=0.001), x of shape (2, 3, 4)). Your backward pass "
@@ -238,7 +203,7 @@ def test_layernorm_layout_and_dtype(impl):
     assert tuple(single.normalized_shape) == (3,), (
         f"LayerNorm(3).normalized_shape is {single.normalized_shape!r}; an int n means the tuple (n,)."
     )
-    x = torch.randn(4, 2, 3, generator=_gen(0))
+    x = torch.randn(4, 2, 3, generator=generator(0))
     out = ln(x)
     assert out.shape == x.shape and out.dtype == torch.float32, (
         f"Called LayerNorm((2, 3))(float32 x of shape (4, 2, 3)). Returned {describe(out)}; expected the input's "
@@ -263,7 +228,7 @@ def test_layernorm_is_built_from_scratch(impl, monkeypatch):
     ln = impl.LayerNorm(4)
     _forbid(monkeypatch, "F.layer_norm / nn.LayerNorm", [(F, "layer_norm"), (torch, "layer_norm"),
                                                          (torch, "native_layer_norm"), (nn.LayerNorm, "forward")])
-    out = ln(torch.randn(2, 4, generator=_gen(1)))
+    out = ln(torch.randn(2, 4, generator=generator(1)))
     assert out.shape == (2, 4)
 
 
@@ -280,20 +245,20 @@ def batchnorm_cases(draw):
 
 def _bn_pair(cls, C: int, momentum: float, eps: float, seed: int) -> tuple[nn.Module, nn.BatchNorm1d]:
     theirs = nn.BatchNorm1d(C, eps=eps, momentum=momentum, dtype=DT)
-    gen = _gen(seed)
+    gen = generator(seed)
     with torch.no_grad():
-        theirs.weight.copy_(1 + _randn(gen, C, scale=0.5))
-        theirs.bias.copy_(_randn(gen, C, scale=0.5))
+        theirs.weight.copy_(1 + randn(gen, C, scale=0.5))
+        theirs.bias.copy_(randn(gen, C, scale=0.5))
     mine = cls(C, momentum=momentum, eps=eps).double()
     _copy_by_name(mine, theirs, ("weight", "bias"), f"BatchNorm1d({C})")
     return mine, theirs
 
 
 def _bn_batches(C: int, N: int, L: int | None, seed: int, count: int) -> list[torch.Tensor]:
-    gen = _gen(seed + 1)
+    gen = generator(seed + 1)
     shape = (N, C) if L is None else (N, C, L)
     centre = (1, C) if L is None else (1, C, 1)
-    return [_randn(gen, *shape, scale=1.0 + k) + _randn(gen, *centre, scale=3.0) for k in range(count)]
+    return [randn(gen, *shape, scale=1.0 + k) + randn(gen, *centre, scale=3.0) for k in range(count)]
 
 
 def _bn_trace(module: nn.Module, batches: list[torch.Tensor], train_steps: int) -> list[torch.Tensor]:
@@ -355,7 +320,7 @@ def test_batchnorm_training_gradients_match_torch(impl, case):
     C, N, L, momentum, eps, seed = case
     mine, theirs = _bn_pair(impl.BatchNorm1d, C, momentum, eps, seed)
     x = _bn_batches(C, N, L, seed, count=1)[0]
-    upstream = _randn(_gen(seed + 2), *x.shape)
+    upstream = randn(generator(seed + 2), *x.shape)
     grads = []
     for module in (mine, theirs):
         leaf = x.clone().requires_grad_()
@@ -433,9 +398,9 @@ def test_batchnorm_is_built_from_scratch(impl, monkeypatch):
     bn = impl.BatchNorm1d(2)
     _forbid(monkeypatch, "F.batch_norm / nn.BatchNorm1d", [(F, "batch_norm"), (torch, "batch_norm"),
                                                            (nn.BatchNorm1d, "forward")])
-    bn(torch.randn(4, 2, generator=_gen(0)))
+    bn(torch.randn(4, 2, generator=generator(0)))
     bn.eval()
-    bn(torch.randn(4, 2, generator=_gen(1)))
+    bn(torch.randn(4, 2, generator=generator(1)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,14 +412,14 @@ DROP_PS = [0.1, 0.25, 0.5, 0.8]
 def _drop(impl, p: float, x: torch.Tensor, seed: int, train: bool = True) -> torch.Tensor:
     drop = impl.Dropout(p)
     drop.train(train)
-    with _seeded(seed):
+    with seeded(seed):
         return drop(x)
 
 
 @pytest.mark.exercise("Dropout")
 @given(seeds, st.sampled_from([0.0, *DROP_PS, 1.0]))
 def test_dropout_eval_is_identity(impl, seed, p):
-    x = _randn(_gen(seed), 3, 5)
+    x = randn(generator(seed), 3, 5)
     out = _drop(impl, p, x, seed, train=False)
     assert torch.equal(out, x), (
         f"Called Dropout({p}).eval()(x of shape (3, 5)). Returned {describe(out)}; expected x unchanged, because "
@@ -467,7 +432,7 @@ def test_dropout_eval_is_identity(impl, seed, p):
 @example(seed=0, p=0.2)
 def test_dropout_drops_a_fraction_p_and_scales_the_rest(impl, seed, p):
     n = 4000
-    x = _randn(_gen(seed), n).abs() + 0.5  # no zeros in x: a zero in the output means "dropped"
+    x = randn(generator(seed), n).abs() + 0.5  # no zeros in x: a zero in the output means "dropped"
     out = _drop(impl, p, x, seed)
     call = f"Dropout({p}) in training mode on x of shape ({n},), all entries >= 0.5"
     dropped = out == 0
@@ -488,7 +453,7 @@ def test_dropout_drops_a_fraction_p_and_scales_the_rest(impl, seed, p):
 def _drop_cls(cls, p, x, seed):
     drop = cls(p)
     drop.train()
-    with _seeded(seed):
+    with seeded(seed):
         return drop(x)
 
 
@@ -512,7 +477,7 @@ def test_dropout_keeps_the_expectation(impl, seed, p):
 @pytest.mark.exercise("Dropout")
 @given(seeds, st.sampled_from(DROP_PS))
 def test_dropout_gradient_is_the_mask(impl, seed, p):
-    x = (_randn(_gen(seed), 200).abs() + 0.5).requires_grad_()
+    x = (randn(generator(seed), 200).abs() + 0.5).requires_grad_()
     out = _drop(impl, p, x, seed)
     out.sum().backward()
     assert x.grad is not None, f"Called Dropout({p})(x).sum().backward(); x.grad is None: y must be computed from x."
@@ -523,7 +488,7 @@ def test_dropout_gradient_is_the_mask(impl, seed, p):
 
 @pytest.mark.exercise("Dropout")
 def test_dropout_edge_probabilities(impl):
-    x = _randn(_gen(3), 4, 6).requires_grad_()
+    x = randn(generator(3), 4, 6).requires_grad_()
     out = _drop(impl, 1.0, x, 0)
     assert torch.equal(out.detach(), torch.zeros(4, 6, dtype=DT)), (
         f"Called Dropout(1.0) in training mode. Returned {describe(out)}; expected all zeros and no nan: with p = 1 "
@@ -546,7 +511,7 @@ def test_dropout_edge_probabilities(impl):
 @pytest.mark.exercise("Dropout")
 @given(seeds)
 def test_dropout_leaves_its_input_alone_and_is_seeded(impl, seed):
-    x = _randn(_gen(seed), 50)
+    x = randn(generator(seed), 50)
     before = x.clone()
     first = _drop(impl, 0.5, x, seed)
     assert torch.equal(x, before), (
@@ -559,7 +524,7 @@ def test_dropout_leaves_its_input_alone_and_is_seeded(impl, seed):
         "torch's global generator (torch.rand_like / torch.bernoulli) so that a seed reproduces it."
     )
     drop = impl.Dropout(0.5)
-    with _seeded(seed):
+    with seeded(seed):
         a, b = drop(x), drop(x)
     assert not torch.equal(a, b), (
         "Called the same Dropout(0.5) module twice on the same x: it dropped exactly the same entries both times. "
@@ -580,7 +545,7 @@ def test_dropout_is_built_from_scratch(impl, monkeypatch):
     drop = impl.Dropout(0.5)
     _forbid(monkeypatch, "F.dropout / nn.Dropout", [(F, "dropout"), (torch, "dropout"), (torch, "dropout_"),
                                                     (nn.Dropout, "forward")])
-    with _seeded(0):
+    with seeded(0):
         drop(torch.ones(10))
 
 
@@ -599,18 +564,18 @@ def cell_cases(draw):
 
 
 def _cell_pair(cls, kind: str, n_in: int, H: int, seed: int):
-    theirs = _refill_(TORCH_CELLS[kind](n_in, H, dtype=DT), seed, scale=0.6)
+    theirs = refill_(TORCH_CELLS[kind](n_in, H, dtype=DT), seed, scale=0.6)
     mine = cls(n_in, H).double()
     _copy_by_name(mine, theirs, CELL_PARAMS, f"{kind}({n_in}, {H})")
     return mine, theirs
 
 
 def _cell_inputs(kind: str, B: int, n_in: int, H: int, steps: int, with_state: bool, seed: int):
-    gen = _gen(seed + 1)
-    xs = [_randn(gen, B, n_in, scale=1.5) for _ in range(steps)]
+    gen = generator(seed + 1)
+    xs = [randn(gen, B, n_in, scale=1.5) for _ in range(steps)]
     state = None
     if with_state:
-        state = (_randn(gen, B, H), _randn(gen, B, H)) if kind == "LSTMCell" else _randn(gen, B, H)
+        state = (randn(gen, B, H), randn(gen, B, H)) if kind == "LSTMCell" else randn(gen, B, H)
     return xs, state
 
 
@@ -672,7 +637,7 @@ def test_cell_gradients_match_torch(impl, kind, case):
         leaves_s = tuple(s.clone().requires_grad_() for s in state) if kind == "LSTMCell" else (
             state.clone().requires_grad_(),)
         out = _unroll(cell, kind, leaves_x, leaves_s if kind == "LSTMCell" else leaves_s[0])
-        (out * _randn(_gen(seed + 3), *out.shape)).sum().backward()
+        (out * randn(generator(seed + 3), *out.shape)).sum().backward()
         results.append([leaf.grad for leaf in leaves_x + list(leaves_s)] + [getattr(cell, n).grad for n in CELL_PARAMS])
     names = [f"x[{k}]" for k in range(steps)] + (["h0", "c0"] if kind == "LSTMCell" else ["h0"]) + list(CELL_PARAMS)
     call = f"{kind}({n_in}, {H}) over {steps} step(s), then backward()"
@@ -686,8 +651,8 @@ def test_cell_gradients_match_torch(impl, kind, case):
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
 def test_cell_passes_gradcheck(impl, kind):
     mine, _ = _cell_pair(getattr(impl, kind), kind, 3, 2, 11)
-    gen = _gen(12)
-    x, h, c = _randn(gen, 2, 3), _randn(gen, 2, 2), _randn(gen, 2, 2)
+    gen = generator(12)
+    x, h, c = randn(gen, 2, 3), randn(gen, 2, 2), randn(gen, 2, 2)
     if kind == "LSTMCell":
         def fn(x_, h_, c_):
             return mine(x_, (h_, c_))
@@ -705,7 +670,7 @@ def test_cell_passes_gradcheck(impl, kind):
 def test_cell_layout_initialisation_and_default_state(impl, kind):
     n_in, H = 3, 5
     gates = 4 if kind == "LSTMCell" else 3
-    with _seeded(0):
+    with seeded(0):
         cell = getattr(impl, kind)(n_in, H)
     params = dict(cell.named_parameters())
     expected_shapes = {"weight_ih": (gates * H, n_in), "weight_hh": (gates * H, H), "bias_ih": (gates * H,),
@@ -722,7 +687,7 @@ def test_cell_layout_initialisation_and_default_state(impl, kind):
             f"[-1/sqrt(hidden_size), 1/sqrt(hidden_size)] = [-{bound:.4g}, {bound:.4g}], as PyTorch does."
         )
     cell.double()
-    x = _randn(_gen(1), 2, n_in)
+    x = randn(generator(1), 2, n_in)
     zeros = torch.zeros(2, H, dtype=DT)
     with torch.no_grad():
         default = _tensors(cell(x))
@@ -747,7 +712,7 @@ def test_cells_are_built_from_scratch(impl, monkeypatch):
     _forbid(monkeypatch, "nn.LSTMCell / nn.GRUCell (or torch's fused cell kernels)", [
         (nn.LSTMCell, "forward"), (nn.GRUCell, "forward"), (nn.LSTM, "forward"), (nn.GRU, "forward"),
         (torch, "lstm_cell"), (torch, "gru_cell")])
-    x = torch.randn(2, 3, generator=_gen(0))
+    x = torch.randn(2, 3, generator=generator(0))
     lstm(x)
     gru(x)
 
@@ -767,14 +732,14 @@ def model_cases(draw):
 
 def _build_model(cls, case) -> nn.Module:
     V, E, H, heads, _, _, seed = case
-    with _seeded(seed):
+    with seeded(seed):
         model = cls(V, E, H, num_heads=heads)
-    return _refill_(model.double(), seed, scale=0.7).eval()
+    return refill_(model.double(), seed, scale=0.7).eval()
 
 
 def _tokens(case, salt: int = 0) -> torch.Tensor:
     V, _, _, _, B, T, seed = case
-    return torch.randint(0, V, (B, T), generator=_gen(seed + 100 + salt))
+    return torch.randint(0, V, (B, T), generator=generator(seed + 100 + salt))
 
 
 def _model_call(case) -> str:
@@ -798,7 +763,7 @@ def test_lstm_attention_is_causal(impl, drawn):
     model = _build_model(impl.LSTMWithAttention, case)
     tokens = _tokens(case)
     changed = tokens.clone()
-    shift = torch.randint(1, V, (B, T - t - 1), generator=_gen(seed + 5))
+    shift = torch.randint(1, V, (B, T - t - 1), generator=generator(seed + 5))
     changed[:, t + 1:] = (tokens[:, t + 1:] + shift) % V  # every token after t is different
     with torch.no_grad():
         before, after = model(tokens), model(changed)
@@ -838,7 +803,7 @@ def test_lstm_attention_keeps_batch_items_independent(impl, case):
 def test_lstm_attention_matches_reference(impl, reference, case):
     expected_model = _build_model(reference.LSTMWithAttention, case)
     V, E, H, heads, _, _, seed = case
-    with _seeded(seed):
+    with seeded(seed):
         model = impl.LSTMWithAttention(V, E, H, num_heads=heads).double().eval()
     try:
         model.load_state_dict(expected_model.state_dict())
@@ -887,12 +852,12 @@ def grad_cases(draw):
 
 def _grad_params(case) -> list[torch.Tensor]:
     shapes, has_grad, scale, _, _, seed = case
-    gen = _gen(seed)
+    gen = generator(seed)
     params = []
     for shape, grad in zip(shapes, has_grad, strict=True):
-        p = _randn(gen, *shape).requires_grad_()
+        p = randn(gen, *shape).requires_grad_()
         if grad:
-            p.grad = _randn(gen, *shape, scale=scale)
+            p.grad = randn(gen, *shape, scale=scale)
         params.append(p)
     return params
 
@@ -925,10 +890,10 @@ def test_clip_matches_torch(impl, case):
 @pytest.mark.exercise("clip_grad_norm_")
 @given(seeds, st.sampled_from([0.05, 0.5, 50.0]))
 def test_clip_takes_model_parameters_generator(impl, seed, max_norm):
-    mine = _refill_(nn.Linear(3, 2, dtype=DT), seed)
+    mine = refill_(nn.Linear(3, 2, dtype=DT), seed)
     theirs = copy.deepcopy(mine)
     for model in (mine, theirs):
-        model(_randn(_gen(seed + 1), 4, 3)).pow(2).sum().backward()
+        model(randn(generator(seed + 1), 4, 3)).pow(2).sum().backward()
     total = impl.clip_grad_norm_(mine.parameters(), max_norm)  # a generator: it can be iterated once
     expected_total = torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm)
     call = f"clip_grad_norm_(model.parameters(), max_norm={max_norm}) for an nn.Linear(3, 2)"
@@ -1005,9 +970,9 @@ def test_clip_is_built_from_scratch(impl, monkeypatch):
 
 def _problem(seed: int):
     """Initial parameters and a loss with gradients of different sizes per coordinate."""
-    gen = _gen(seed)
-    init = [_randn(gen, 3, 2), _randn(gen, 4), _randn(gen, 1, scale=3.0)]
-    A, target, c = _randn(gen, 5, 3), _randn(gen, 5, 2), _randn(gen, 4, scale=2.0)
+    gen = generator(seed)
+    init = [randn(gen, 3, 2), randn(gen, 4), randn(gen, 1, scale=3.0)]
+    A, target, c = randn(gen, 5, 3), randn(gen, 5, 2), randn(gen, 4, scale=2.0)
 
     def loss_fn(params):
         w, b, s = params
@@ -1358,7 +1323,7 @@ class _TinyLM(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab, dim, dtype=DT)
         self.linear = nn.Linear(dim, vocab, dtype=DT)
-        _refill_(self, seed, scale=0.5)
+        refill_(self, seed, scale=0.5)
         self.modes: list[bool] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1368,7 +1333,7 @@ class _TinyLM(nn.Module):
 
 
 def _lm_batches(seed: int, vocab: int, sizes: tuple[int, ...], t: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    gen = _gen(seed)
+    gen = generator(seed)
     return [(torch.randint(0, vocab, (b, t), generator=gen), torch.randint(0, vocab, (b, t), generator=gen))
             for b in sizes]
 

@@ -20,43 +20,16 @@ from torch import nn
 
 from checks.mistakes import mistakes_for
 from checks.numerics import assert_close, error_report, format_call
+from checks.torch_strategies import generator, randn, refill_, seeds
 
 pytestmark = pytest.mark.kata("w13_attention")
 
 KATA = "w13_attention"
 DT = torch.float64
-seeds = st.integers(0, 2**31 - 1)
 
 
 # --------------------------------------------------------------------------------------------------
 # private helpers (general ones a torch kata could share; see the report)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the threads make every op ~10x
-    slower; use one for this module's checks and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=DT) * scale
-
-
-def _refill_(module: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
-    """Overwrite every parameter with seeded values, so no check depends on the global RNG."""
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return module
 
 
 def _likely_cause(symbol: str, args: tuple, kwargs: dict, actual, pick=lambda r: r) -> str | None:
@@ -142,21 +115,21 @@ MASK_KINDS = ["none", "bool", "additive", "additive_inf", "causal"]
 @st.composite
 def sdpa_cases(draw):
     """(kwargs for SDPA, mask kind): q, k, v with 0-2 batch dims, any L, S, E, Ev, and one kind of mask."""
-    gen = _gen(draw(seeds))
+    gen = generator(draw(seeds))
     batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
     L, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     E, Ev = draw(st.integers(1, 6)), draw(st.integers(1, 4))
     kind = draw(st.sampled_from(MASK_KINDS))
     mask_shape = (batch if draw(st.booleans()) else ()) + (L, S)
-    kwargs = {"q": _randn(gen, *batch, L, E, scale=1.5), "k": _randn(gen, *batch, S, E, scale=1.5),
-              "v": _randn(gen, *batch, S, Ev)}
+    kwargs = {"q": randn(gen, *batch, L, E, scale=1.5), "k": randn(gen, *batch, S, E, scale=1.5),
+              "v": randn(gen, *batch, S, Ev)}
     if kind == "bool":
         kwargs["attn_mask"] = torch.rand(mask_shape, generator=gen) < 0.7
     elif kind == "additive":
-        kwargs["attn_mask"] = _randn(gen, *mask_shape, scale=2.0)
+        kwargs["attn_mask"] = randn(gen, *mask_shape, scale=2.0)
     elif kind == "additive_inf":
         removed = torch.rand(mask_shape, generator=gen) < 0.3
-        kwargs["attn_mask"] = _randn(gen, *mask_shape).masked_fill(removed, float("-inf"))
+        kwargs["attn_mask"] = randn(gen, *mask_shape).masked_fill(removed, float("-inf"))
     elif kind == "causal":
         kwargs["is_causal"] = True
     if draw(st.booleans()):
@@ -266,8 +239,8 @@ def test_sdpa_known_values(impl):
 @pytest.mark.exercise("scaled_dot_product_attention")
 @pytest.mark.parametrize("kind", ["bool", "additive_inf"])
 def test_sdpa_fully_masked_rows_give_zeros_not_nan(impl, kind):
-    gen = _gen(13)
-    q, k, v = _randn(gen, 2, 3, 4), _randn(gen, 2, 5, 4), _randn(gen, 2, 5, 2)
+    gen = generator(13)
+    q, k, v = randn(gen, 2, 3, 4), randn(gen, 2, 5, 4), randn(gen, 2, 5, 2)
     allowed = torch.rand(2, 3, 5, generator=gen) < 0.6
     allowed[:, 0] = True
     allowed[0, 1] = False  # batch 0, query 1: nothing to attend to
@@ -292,15 +265,15 @@ def test_sdpa_fully_masked_rows_give_zeros_not_nan(impl, kind):
 @pytest.mark.exercise("scaled_dot_product_attention")
 @pytest.mark.parametrize("kind", ["bool", "additive_inf"])
 def test_sdpa_gradients_are_finite_and_correct(impl, kind):
-    gen = _gen(7)
-    q, k, v = _randn(gen, 2, 3, 4), _randn(gen, 2, 4, 4), _randn(gen, 2, 4, 3)
+    gen = generator(7)
+    q, k, v = randn(gen, 2, 3, 4), randn(gen, 2, 4, 4), randn(gen, 2, 4, 3)
     allowed = torch.ones(2, 3, 4, dtype=torch.bool)
     allowed[0, 1] = False  # one fully masked row
     allowed[1, 2, 1:] = False
     mask = allowed if kind == "bool" else torch.zeros(2, 3, 4, dtype=DT).masked_fill(~allowed, float("-inf"))
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out, weights = impl.scaled_dot_product_attention(*leaves, attn_mask=mask)
-    ((out * _randn(gen, *out.shape)).sum() + (weights * _randn(gen, *weights.shape)).sum()).backward()
+    ((out * randn(gen, *out.shape)).sum() + (weights * randn(gen, *weights.shape)).sum()).backward()
     call = format_call("scaled_dot_product_attention", (q, k, v), {"attn_mask": mask})
     for name, leaf in zip("qkv", leaves, strict=True):
         assert leaf.grad is not None and torch.isfinite(leaf.grad).all(), (
@@ -319,15 +292,15 @@ def test_sdpa_gradients_are_finite_and_correct(impl, kind):
 
 @pytest.mark.exercise("scaled_dot_product_attention")
 def test_sdpa_rejects_bad_input(impl):
-    gen = _gen(3)
-    q, k, v = _randn(gen, 2, 3, 4), _randn(gen, 2, 5, 4), _randn(gen, 2, 5, 2)
+    gen = generator(3)
+    q, k, v = randn(gen, 2, 3, 4), randn(gen, 2, 5, 4), randn(gen, 2, 5, 2)
     with pytest.raises(ValueError):
         impl.scaled_dot_product_attention(q, k, v, attn_mask=_lower_triangle(3, 5), is_causal=True)
     # the message must name the sizes that disagree
     with pytest.raises(ValueError, match=r"4.*3|3.*4"):
-        impl.scaled_dot_product_attention(q, _randn(gen, 2, 5, 3), v)  # E of q is 4, of k is 3
+        impl.scaled_dot_product_attention(q, randn(gen, 2, 5, 3), v)  # E of q is 4, of k is 3
     with pytest.raises(ValueError, match=r"5.*4|4.*5"):
-        impl.scaled_dot_product_attention(q, k, _randn(gen, 2, 4, 2))  # 5 keys but 4 values
+        impl.scaled_dot_product_attention(q, k, randn(gen, 2, 4, 2))  # 5 keys but 4 values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,8 +323,8 @@ def test_causal_mask_is_lower_triangular(impl, t):
 @pytest.mark.exercise("causal_mask")
 @given(seeds, st.integers(1, 6), st.integers(1, 4))
 def test_causal_mask_equals_is_causal(impl, seed, t, e):
-    gen = _gen(seed)
-    q, k, v = _randn(gen, 2, t, e), _randn(gen, 2, t, e), _randn(gen, 2, t, 3)
+    gen = generator(seed)
+    q, k, v = randn(gen, 2, t, e), randn(gen, 2, t, e), randn(gen, 2, t, 3)
     mask = impl.causal_mask(t)
     got = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert_close(got, F.scaled_dot_product_attention(q, k, v, is_causal=True),
@@ -400,7 +373,7 @@ def test_padding_mask_rejects_bad_lengths(impl):
 
 
 def _mha(embed_dim: int, num_heads: int, seed: int) -> nn.MultiheadAttention:
-    return _refill_(nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, dtype=DT), seed)
+    return refill_(nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, dtype=DT), seed)
 
 
 def _mha_output(mha: nn.MultiheadAttention, x: torch.Tensor, causal: bool, keep: torch.Tensor | None):
@@ -425,9 +398,9 @@ def _attention_call(E, H, causal, x, keep, dropout=None) -> str:
 @example(seed=1, batch=2, t=5, heads=2, head_dim=3, causal=False, padded=False)
 def test_self_attention_matches_multihead_attention(impl, seed, batch, t, heads, head_dim, causal, padded):
     E = heads * head_dim
-    gen = _gen(seed)
+    gen = generator(seed)
     mha = _mha(E, heads, seed)
-    x = _randn(gen, batch, t, E)
+    x = randn(gen, batch, t, E)
     keep = _keep_mask(torch.randint(1, t + 1, (batch,), generator=gen).tolist(), t) if padded else None
 
     def run(cls):
@@ -449,9 +422,9 @@ def test_self_attention_matches_multihead_attention(impl, seed, batch, t, heads,
 def test_self_attention_is_permutation_equivariant(impl, seed, batch, t, heads_and_dim):
     heads, head_dim = heads_and_dim
     E = heads * head_dim
-    gen = _gen(seed)
-    attention = _refill_(impl.SelfAttention(E, heads).to(DT), seed)
-    x = _randn(gen, batch, t, E)
+    gen = generator(seed)
+    attention = refill_(impl.SelfAttention(E, heads).to(DT), seed)
+    x = randn(gen, batch, t, E)
     perm = torch.randperm(t, generator=gen)
     with torch.no_grad():
         out, out_permuted = attention(x.clone()), attention(x[:, perm].clone())
@@ -468,11 +441,11 @@ def test_self_attention_causal_ignores_future_tokens(impl, seed, batch, t, heads
     heads, head_dim = heads_and_dim
     E = heads * head_dim
     cut = data.draw(st.integers(0, t - 2), label="last position kept")
-    gen = _gen(seed)
-    attention = _refill_(impl.SelfAttention(E, heads, causal=True).to(DT), seed)
-    x = _randn(gen, batch, t, E)
+    gen = generator(seed)
+    attention = refill_(impl.SelfAttention(E, heads, causal=True).to(DT), seed)
+    x = randn(gen, batch, t, E)
     x2 = x.clone()
-    x2[:, cut + 1:] = _randn(gen, batch, t - cut - 1, E, scale=3.0)
+    x2[:, cut + 1:] = randn(gen, batch, t - cut - 1, E, scale=3.0)
     with torch.no_grad():
         before, after = attention(x), attention(x2)
     assert_close(after[:, : cut + 1], before[:, : cut + 1], call=_attention_call(E, heads, True, x2, None),
@@ -486,12 +459,12 @@ def test_self_attention_causal_ignores_future_tokens(impl, seed, batch, t, heads
 @given(seeds, st.integers(3, 6), st.data())
 def test_self_attention_ignores_padded_keys(impl, seed, t, data):
     length = data.draw(st.integers(1, t - 1), label="length")
-    gen = _gen(seed)
-    attention = _refill_(impl.SelfAttention(4, 2).to(DT), seed)
-    x = _randn(gen, 1, t, 4)
+    gen = generator(seed)
+    attention = refill_(impl.SelfAttention(4, 2).to(DT), seed)
+    x = randn(gen, 1, t, 4)
     keep = _keep_mask([length], t)
     x2 = x.clone()
-    x2[:, length:] = _randn(gen, 1, t - length, 4, scale=3.0)
+    x2[:, length:] = randn(gen, 1, t - length, 4, scale=3.0)
     with torch.no_grad():
         before, after = attention(x, keep.clone()), attention(x2, keep.clone())
     assert_close(after[:, :length], before[:, :length], call=_attention_call(4, 2, False, x2, keep),
@@ -517,11 +490,11 @@ def test_self_attention_rejects_indivisible_embed_dim(impl, embed_dim, num_heads
 @given(seeds)
 def test_self_attention_dropout_only_in_training(impl, seed):
     E, H = 6, 2
-    gen = _gen(seed)
+    gen = generator(seed)
     mha = _mha(E, H, seed)
     attention = impl.SelfAttention(E, H, dropout=0.5).to(DT)
     _copy_mha_into(attention, mha)
-    x = _randn(gen, 2, 5, E)
+    x = randn(gen, 2, 5, E)
     attention.eval()
     with torch.no_grad():
         evaluated = attention(x.clone())
@@ -597,7 +570,7 @@ def test_positional_encoding_odd_embed_dim(impl, embed_dim):
 @pytest.mark.exercise("PositionalEncoding")
 @given(seeds, st.integers(1, 4), st.integers(1, 12), st.integers(1, 9))
 def test_positional_encoding_adds_the_same_signal_to_every_item(impl, seed, batch, t, embed_dim):
-    x = _randn(_gen(seed), batch, t, embed_dim)
+    x = randn(generator(seed), batch, t, embed_dim)
     got = impl.PositionalEncoding(embed_dim, max_len=16)(x.clone())
     expected = x + torch.from_numpy(_sinusoids(t, embed_dim))[None]
     assert_close(got, expected, call=f"PositionalEncoding({embed_dim}, max_len=16)(x of shape {tuple(x.shape)})",
@@ -638,7 +611,7 @@ def test_positional_encoding_keeps_the_input_dtype(impl, dtype):
 def _encoder_layer(E: int, H: int, ff: int, norm_first: bool, seed: int) -> nn.TransformerEncoderLayer:
     layer = nn.TransformerEncoderLayer(E, H, ff, dropout=0.0, activation="relu", batch_first=True,
                                        norm_first=norm_first, dtype=DT)
-    return _refill_(layer, seed).train()  # train mode with dropout 0: deterministic, and no fused fast path
+    return refill_(layer, seed).train()  # train mode with dropout 0: deterministic, and no fused fast path
 
 
 def _layer_output(layer, x, causal: bool, keep: torch.Tensor | None) -> torch.Tensor:
@@ -663,9 +636,9 @@ def _block_call(E, H, ff, norm_first, causal, x, keep, dropout=0.0) -> str:
 def test_transformer_block_matches_encoder_layer(impl, norm_first, seed, batch, t, heads_and_dim, ff, causal, padded):
     heads, head_dim = heads_and_dim
     E = heads * head_dim
-    gen = _gen(seed)
+    gen = generator(seed)
     layer = _encoder_layer(E, heads, ff, norm_first, seed)
-    x = _randn(gen, batch, t, E)
+    x = randn(gen, batch, t, E)
     keep = _keep_mask(torch.randint(1, t + 1, (batch,), generator=gen).tolist(), t) if padded else None
 
     def run(cls):
@@ -690,11 +663,11 @@ def test_transformer_block_matches_encoder_layer(impl, norm_first, seed, batch, 
 @given(seeds, st.integers(2, 6), st.data())
 def test_transformer_block_causal_ignores_future_tokens(impl, norm_first, seed, t, data):
     cut = data.draw(st.integers(0, t - 2), label="last position kept")
-    gen = _gen(seed)
-    block = _refill_(impl.TransformerBlock(4, 2, 8, dropout=0.0, norm_first=norm_first, causal=True).to(DT), seed)
-    x = _randn(gen, 2, t, 4)
+    gen = generator(seed)
+    block = refill_(impl.TransformerBlock(4, 2, 8, dropout=0.0, norm_first=norm_first, causal=True).to(DT), seed)
+    x = randn(gen, 2, t, 4)
     x2 = x.clone()
-    x2[:, cut + 1:] = _randn(gen, 2, t - cut - 1, 4, scale=3.0)
+    x2[:, cut + 1:] = randn(gen, 2, t - cut - 1, 4, scale=3.0)
     with torch.no_grad():
         before, after = block(x), block(x2)
     assert_close(after[:, : cut + 1], before[:, : cut + 1], call=_block_call(4, 2, 8, norm_first, True, x2, None),
@@ -706,12 +679,12 @@ def test_transformer_block_causal_ignores_future_tokens(impl, norm_first, seed, 
 @pytest.mark.exercise("TransformerBlock")
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
 def test_transformer_block_dropout_is_off_in_eval(impl, norm_first):
-    gen = _gen(11)
+    gen = generator(11)
     layer = _encoder_layer(6, 2, 10, norm_first, 11)
     block = impl.TransformerBlock(6, 2, 10, dropout=0.3, norm_first=norm_first).to(DT)
     _copy_layer_into(block, layer)
     block.eval()
-    x = _randn(gen, 2, 5, 6)
+    x = randn(gen, 2, 5, 6)
     with torch.no_grad():
         got = block(x.clone())
     assert_close(got, _layer_output(layer, x, False, None), rtol=1e-7, atol=1e-10,
