@@ -275,6 +275,8 @@ def _perf_selected(config: pytest.Config) -> bool:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("perf") and not _perf_selected(item.config):
         pytest.skip("performance benchmark: run it with `nox -s bench` (pytest -m perf)")
+    if item.get_closest_marker("slow") and _choice(item).role == "mistake":
+        pytest.skip("slow checks prove the reference and the variants; every mistake must be caught by a fast one")
     if item.get_closest_marker("gpu"):
         import torch
 

@@ -1,7 +1,8 @@
 """``kata verify``: the maintainer's proof, run as one pytest session with ``--kata-verify``.
 
 Every check runs against the reference (must pass), the untouched stubs (must be todo: none passes
-vacuously), every catalogued mistake of its exercise (at least one check must reject each) and every
+vacuously), every catalogued mistake of its exercise (at least one check must reject each; ``slow``
+checks are left out here, so that a learner with that mistake hears about it fast) and every
 catalogued variant (every check must accept it). Expected rejections are reported to pytest as xfails,
 so the session's summary line counts them honestly; each gap is a failure or a line in the gap list,
 and any gap makes the session exit non-zero. Static agreement (registry, files, stub/reference API,

@@ -9,9 +9,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from checks.harness.stubs import stub_body
+
 from .conftest import copy_symbol
 
 SOFTMAX = "w01_numpy.softmax"
+STUB_BODY = "\n".join(f"    {line}" for line in stub_body(SOFTMAX)).lstrip()
 
 
 def progress_of(project) -> dict:
@@ -93,8 +96,11 @@ def test_hints_are_staged_and_remembered(project):
 
 def test_reset_restores_the_stub_and_keeps_a_backup(project):
     stub = project.read("katas/phase1/w01_numpy.py")
-    copy_symbol(project, "w01_numpy", "phase1", "softmax")
-    solved = project.read("katas/phase1/w01_numpy.py")
+    solved = stub.replace(
+        STUB_BODY, "e = np.exp(x - x.max(axis=axis, keepdims=True))\n    return e / e.sum(axis=axis, keepdims=True)"
+    )
+    assert solved != stub
+    project.write("katas/phase1/w01_numpy.py", solved)
     run = project.kata("reset", SOFTMAX)
     assert run.returncode == 0, run.stdout + run.stderr
     assert project.read("katas/phase1/w01_numpy.py") == stub
@@ -104,13 +110,9 @@ def test_reset_restores_the_stub_and_keeps_a_backup(project):
 
 def test_a_learner_error_fails_only_that_exercise_and_a_hang_times_out(project):
     stub = project.read("katas/phase1/w01_numpy.py")
-    broken = stub.replace(
-        f'raise NotImplementedError("{SOFTMAX} is not implemented yet (try `kata hint {SOFTMAX}`)")',
-        "while True:\n        pass",
-        1,
-    )
-    project.write("katas/phase1/w01_numpy.py", broken)
-    run = project.pytest("checks/phase1/test_w01_numpy.py", "--no-progress", "--timeout", "2")
+    project.write("katas/phase1/w01_numpy.py", stub.replace(STUB_BODY, "while True:\n        pass"))
+    exercises = ("--exercise", SOFTMAX, "--exercise", "w01_numpy.log_softmax", "--exercise", "w01_numpy.one_hot")
+    run = project.pytest("checks/phase1/test_w01_numpy.py", *exercises, "--no-progress", "--timeout", "5")
     assert "did not finish within" in run.stdout
     summary = run.stdout.split("kata summary")[1].split("Next:")[0]
     statuses = dict(line.split()[1:3] for line in summary.splitlines() if "w01_numpy." in line)
