@@ -16,7 +16,11 @@ MARKS = {"passed": "✓", "failing": "✗", "todo": "·", "stale": "↻"}
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    """Rich on a terminal; piped or in CI, plain lines wide enough never to wrap a row."""
+    out = Console(highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(highlight=False, soft_wrap=True, width=200, no_color=True)
+    return out
 
 
 def print_status(reg: Registry, prog: progress.Progress, upcoming: Exercise | None) -> None:
@@ -36,8 +40,9 @@ def print_status(reg: Registry, prog: progress.Progress, upcoming: Exercise | No
             box=None if plain else box.SIMPLE,
             show_edge=False,
         )
-        for column in ("", "exercise", "title", "status", "checks", "first passed"):
-            table.add_column(column)
+        wide = out.width >= 110  # the date column only where it leaves room for the titles
+        for column in ("", "exercise", "title", "status", "checks", *(("first passed",) if wide else ())):
+            table.add_column(column, no_wrap=column != "title", min_width=16 if column == "title" else None)
         for exercise in exercises:
             status = progress.effective_status(reg, prog, exercise)
             entry = prog.of(exercise.id)
@@ -46,7 +51,8 @@ def print_status(reg: Registry, prog: progress.Progress, upcoming: Exercise | No
             checks = f"{entry.checks_passed}/{entry.checks_total}" if entry.checks_total else ""
             first = entry.first_passed.strftime("%Y-%m-%d") if entry.first_passed else ""
             style = STYLES[status]
-            table.add_row(MARKS[status], exercise.id, exercise.title, f"[{style}]{status}[/]", checks, first)
+            cells = [MARKS[status], exercise.id, exercise.title, f"[{style}]{status}[/]", checks, first]
+            table.add_row(*cells[: len(table.columns)])
         out.print(table)
     out.print(f"{done} of {total} exercises passed.")
     stale = [e.id for e in reg.exercises if progress.effective_status(reg, prog, e) == "stale"]
