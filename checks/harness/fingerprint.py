@@ -30,10 +30,12 @@ def _exercise_name(node: ast.stmt) -> str | None:
 @cache
 def _file_fingerprints(path: Path, mtime_ns: int) -> dict[str, str]:
     source = path.read_text(encoding="utf-8")
+    lines = source.splitlines(keepends=True)
     shared: list[str] = []
     per_exercise: dict[str, list[str]] = {}
     for node in ast.parse(source).body:
-        segment = ast.get_source_segment(source, node) or ""
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        segment = "".join(lines[first - 1 : node.end_lineno])  # by line numbers: one pass over the file
         name = _exercise_name(node)
         (per_exercise.setdefault(name, []) if name else shared).append(segment)
     base = "\n".join(shared)

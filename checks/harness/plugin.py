@@ -230,6 +230,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             orphans.append(f"{item.nodeid}: {err}")
             continue
         item.stash[EXERCISE] = exercise
+        _short_todo_reports(item, exercise)
         for marker in exercise.markers:
             item.add_marker(marker)
         if wanted is not None and exercise.id not in wanted:
@@ -243,6 +244,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         config.hook.pytest_deselected(items=dropped)
         state.own_deselection = False
     items[:] = keep
+
+
+def _short_todo_reports(item: pytest.Item, exercise: registry.Exercise) -> None:
+    """Report an untouched stub's ``NotImplementedError`` in one line.
+
+    pytest and hypothesis both format failures through ``item.repr_failure``; for a stub that
+    traceback tells the learner nothing, and formatting it is most of the time its checks take.
+    """
+    full_report = item.repr_failure
+
+    def repr_failure(excinfo, *args, **kwargs):
+        if is_not_implemented(excinfo.value):
+            return f"{exercise.id} is not implemented yet. Write it, or run `kata hint {exercise.id}`."
+        return full_report(excinfo, *args, **kwargs)
+
+    item.repr_failure = repr_failure
 
 
 def _resolve(reg: registry.Registry, target: str) -> tuple[registry.Exercise, ...]:
@@ -330,9 +347,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         record["outcome"] = outcome
     elif outcome == SKIPPED and record["outcome"] == PASSED:
         record["outcome"] = SKIPPED
-    if outcome == TODO:
-        report.longrepr = f"{exercise.id} is not implemented yet. Write it, or run `kata hint {exercise.id}`."
-    elif outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut):
+    if outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut):
         report.sections.append(("kata", f"The code under test {call.excinfo.value}: look for a loop that never ends."))
     choice = _choice(item)
     if report.when == "teardown":
