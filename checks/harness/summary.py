@@ -43,6 +43,8 @@ def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
     if unfinished is None:
         tr.write_line("Next: every exercise you checked passes. Run `kata next` for the next one.", green=True)
     elif tallies[unfinished.id].status == "todo":
-        tr.write_line(f"Next: implement {unfinished.id} in katas/. Stuck? `kata hint {unfinished.id}`")
+        kata = reg.kata_of(unfinished)
+        where = f"katas/{kata.phase}/{kata.id}.py"
+        tr.write_line(f"Next: implement {unfinished.id} in {where}. Stuck? `kata hint {unfinished.id}`")
     else:
         tr.write_line(f"Next: fix {unfinished.id}; the failures above say what went wrong. `kata hint {unfinished.id}`")
