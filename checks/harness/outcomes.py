@@ -3,7 +3,8 @@
 A check is *todo* when the code under test raised ``NotImplementedError`` (an untouched stub), *failed*
 for any other error or a wrong answer, *passed*, or *skipped* (missing CUDA, missing optional data).
 An exercise is passed when every check that ran passed, todo while its checks only hit stubs, and
-failing as soon as one check fails for another reason.
+failing as soon as one check fails for another reason; when every check was skipped (no CUDA, say),
+nothing is known about it and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class ExerciseTally:
 
     @property
     def status(self) -> str:
-        """The exercise's status as progress.toml records it: todo, failing or passed."""
+        """todo, failing or passed, as progress.toml records it; skipped when no check could run here."""
+        if not self.ran:
+            return SKIPPED
         if self.counts[FAILED]:
             return "failing"
         if self.counts[TODO] or not self.counts[PASSED]:

@@ -34,7 +34,7 @@ from filelock import FileLock
 from tomlkit.exceptions import TOMLKitError
 
 from .fingerprint import fingerprint
-from .outcomes import PASSED, CheckResult, tally
+from .outcomes import PASSED, SKIPPED, CheckResult, tally
 from .registry import Exercise, Registry
 
 STATUSES = ("todo", "failing", "passed")
@@ -208,6 +208,8 @@ def record_run(path: Path, registry: Registry, complete: Mapping[str, Iterable[C
     def mutate(doc, progress):
         now = _now()
         for exercise_id, t in tallies.items():
+            if t.status == SKIPPED:
+                continue  # no check could run here: what was recorded before still stands
             exercise = registry.exercise(exercise_id)
             before = progress.of(exercise_id)
             table = _table(doc, exercise_id)

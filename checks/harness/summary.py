@@ -6,8 +6,9 @@ import sys
 
 from .outcomes import ExerciseTally
 
-SYMBOLS = {"passed": "✓", "failing": "✗", "todo": "·"}
-ASCII_SYMBOLS = {"passed": "+", "failing": "x", "todo": "."}  # for terminals that cannot show the others
+SYMBOLS = {"passed": "✓", "failing": "✗", "todo": "·", "skipped": "-"}
+# for terminals that cannot show the others
+ASCII_SYMBOLS = {"passed": "+", "failing": "x", "todo": ".", "skipped": "-"}
 
 
 def _symbols() -> dict[str, str]:
@@ -16,7 +17,7 @@ def _symbols() -> dict[str, str]:
     except (UnicodeEncodeError, LookupError):
         return ASCII_SYMBOLS
     return SYMBOLS
-COLOURS = {"passed": {"green": True}, "failing": {"red": True}, "todo": {"yellow": True}}
+COLOURS = {"passed": {"green": True}, "failing": {"red": True}, "todo": {"yellow": True}, "skipped": {}}
 
 
 def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
@@ -39,8 +40,10 @@ def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
         for problem in update.problems:
             tr.write_line(f"  ! {problem}", yellow=True)
         tr.write_line(f"  progress saved to {update.path}")
-    unfinished = next((e for e in ordered if tallies[e.id].status != "passed"), None)
-    if unfinished is None:
+    unfinished = next((e for e in ordered if tallies[e.id].status in ("todo", "failing")), None)
+    if unfinished is None and all(tallies[e.id].status == "skipped" for e in ordered):
+        tr.write_line("No check could run here; the skip reasons say why (`kata doctor` lists them).")
+    elif unfinished is None:
         tr.write_line("Next: every exercise you checked passes. Run `kata next` for the next one.", green=True)
     elif tallies[unfinished.id].status == "todo":
         kata = reg.kata_of(unfinished)

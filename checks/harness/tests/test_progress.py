@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from checks.harness import progress, registry
-from checks.harness.outcomes import FAILED, PASSED, TODO, CheckResult
+from checks.harness.outcomes import FAILED, PASSED, SKIPPED, TODO, CheckResult
 
 REGISTRY = registry.load()
 EXERCISE = REGISTRY.exercises[0]
@@ -119,3 +119,10 @@ def test_changed_checks_make_a_pass_stale(tmp_path):
     text = path.read_text(encoding="utf-8").replace(entry(path).fingerprint, "0000000000000000")
     path.write_text(text, encoding="utf-8")
     assert progress.effective_status(REGISTRY, progress.load(path), EXERCISE) == "stale"
+
+
+def test_an_exercise_whose_checks_all_skipped_keeps_what_was_recorded(tmp_path):
+    path = tmp_path / "progress.toml"
+    progress.record_run(path, REGISTRY, results(PASSED))
+    progress.record_run(path, REGISTRY, results(SKIPPED, SKIPPED))
+    assert entry(path).status == "passed" and entry(path).checks_total == 1
