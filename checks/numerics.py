@@ -8,12 +8,13 @@ catalogued mistake reproduces the wrong answer, the likely cause.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from checks.mistakes import mistakes_for
+from checks.harness.catalogue import mistakes_for
 
 
 def describe(value: Any) -> str:
@@ -73,23 +74,31 @@ def error_report(actual: Any, expected: Any, rtol: float, atol: float) -> str | 
 def likely_cause(
     kata: str,
     symbol: str,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    actual: Any,
+    run: Callable[[Any], Any],
+    actual: Any = None,
+    *,
     rtol: float = 1e-6,
     atol: float = 1e-9,
+    matches: Callable[[Any], bool] | None = None,
 ) -> str | None:
-    """The catalogued mistake that reproduces ``actual`` on the same input, if one does."""
+    """The ``because`` of the catalogued mistake of ``symbol`` that reproduces what the learner's code did.
+
+    ``run(candidate)`` repeats, with a catalogued mistake in place of the learner's function or class, the
+    very call (or construction, training, sampling ...) whose result was wrong; for a function that is
+    ``lambda f: f(*args, **kwargs)``, for a module ``lambda cls: cls(...)(x)``. ``run`` must work on fresh
+    copies of its inputs. The mistake's result matches when it equals ``actual`` within the tolerance,
+    or, for statistical and behavioural paths, when ``matches(result)`` is true.
+    """
     for entry in mistakes_for(kata, symbol):
         try:
-            candidate = entry.obj(*copy.deepcopy(args), **copy.deepcopy(kwargs))
-        except Exception:  # noqa: BLE001 - a mistake that crashes here simply does not match
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # wrong code warns (overflow, ...) by design
+                candidate = run(entry.implementation())
+                same = matches(candidate) if matches is not None else error_report(actual, candidate, rtol, atol) is None
+        except Exception:  # noqa: BLE001 - a mistake that crashes on this input simply does not match
             continue
-        try:
-            if error_report(actual, candidate, rtol, atol) is None:
-                return entry.because
-        except (TypeError, ValueError):
-            continue
+        if same:
+            return entry.because
     return None
 
 
@@ -127,7 +136,9 @@ def compare_with_reference(
     actual = getattr(impl, symbol)(*copy.deepcopy(args), **copy.deepcopy(kwargs))
     if error_report(actual, expected, rtol, atol) is not None:
         kata = reference.__name__.rsplit(".", 1)[-1]
-        cause = likely_cause(kata, symbol, args, kwargs, actual)
+        cause = likely_cause(
+            kata, symbol, lambda f: f(*copy.deepcopy(args), **copy.deepcopy(kwargs)), actual, rtol=rtol, atol=atol
+        )
         assert_close(
             actual, expected, call=format_call(symbol, args, kwargs), because=because, rtol=rtol, atol=atol, cause=cause
         )

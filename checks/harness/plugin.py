@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from . import paths, progress, registry
+from .catalogue import CatalogueError
 from .impl import REFERENCE, STUBS, ImplChoice, ImplError, load_kata_module, patched_reference
 from .outcomes import FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
 
@@ -181,7 +182,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         exercise = _exercise_of(metafunc.definition, state.registry)
     except LookupError:
         return  # reported as a collection error in pytest_collection_modifyitems
-    from checks.mistakes import catalogue
+    from .catalogue import catalogue
 
     choices = [ImplChoice(REFERENCE, "reference"), ImplChoice(STUBS, "stub")]
     for entry in catalogue(exercise.kata):
@@ -198,12 +199,14 @@ def impl(request: pytest.FixtureRequest):
     choice = getattr(request, "param", None) or ImplChoice(state.impl)
     try:
         if choice.role in ("mistake", "variant"):
-            from checks.mistakes import catalogue
+            from .catalogue import catalogue, mutated_reference
 
             entry = next(e for e in catalogue(kata.id) if e.name == choice.entry)
+            if entry.is_mutant:
+                return mutated_reference(kata.id, entry.symbol, entry.replace)
             return patched_reference(kata, {entry.symbol: entry.obj}, f"{choice.role}_{entry.name}")
         return load_kata_module(choice.package, kata)
-    except ImplError as err:
+    except (ImplError, CatalogueError) as err:
         pytest.fail(str(err), pytrace=False)
 
 

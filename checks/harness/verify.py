@@ -26,7 +26,7 @@ from .stubs import api_differences, stub_problems
 def static_problems(registry: Registry, kata_ids: set[str] | None = None) -> list[str]:
     """Registry ↔ files ↔ API ↔ catalogue agreement (for ``kata_ids``, or every kata); hints are
     checked by the registry itself."""
-    from checks.mistakes import catalogue
+    from .catalogue import catalogue, mutant_problems
 
     problems = registry.problems()
     if problems:
@@ -44,6 +44,7 @@ def static_problems(registry: Registry, kata_ids: set[str] | None = None) -> lis
             for e in entries
             if e.symbol not in symbols
         ]
+        problems += [f"{kata.id}: {p}" for e in entries for p in mutant_problems(e)]
         for exercise in kata.exercises:
             problems += stub_problems(stub_source, exercise)
             owned = [e for e in entries if e.symbol in exercise.symbols]
@@ -97,7 +98,7 @@ class VerifyReport:
 
 
 def build_report(registry: Registry, results: list[CheckResult], collected: dict[str, list[str]]) -> VerifyReport:
-    from checks.mistakes import catalogue
+    from .catalogue import catalogue
 
     # A run restricted to some check files (pytest PATH --kata-verify) verifies just those katas.
     ran = {registry.exercise(e).kata for e in collected}

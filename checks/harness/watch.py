@@ -60,7 +60,7 @@ def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
         "checks.harness.plugin",
         "checks.numerics",
         "checks.strategies",
-        "checks.mistakes",
+        "checks.harness.catalogue",
     }
     for kata in {reg.kata_of(e) for e in exercises}:
         modules |= _imports_of(kata.check_file) | _imports_of(paths.module_file(paths.KATAS_DIR, kata.phase, kata.id))

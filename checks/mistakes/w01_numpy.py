@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase1.w01_numpy import CharVocab
 
 # --------------------------------------------------------------------------- softmax

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import _pytree
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase1.w03_torch import GELUFunction, LinearFunction, SimpleNet
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase1.w05_data import CharWindowDataset, TextDataset
 
 _STATS = ["count", "mean", "std", "min", "25%", "50%", "75%", "max"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase1.w07_char_lm import AdvancedCharLM, _device_of, _pick, lm_loss, perplexity
 
 # --- AdvancedCharLM ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase2.w09_training import (
     AdamW,
     BatchNorm1d,

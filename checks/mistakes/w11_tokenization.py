@@ -11,7 +11,7 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase2.w11_tokenization import AdvancedTokenizer, BPETokenizer, NGramLM
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase2.w13_attention import (
     PositionalEncoding,
     SelfAttention,

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checks.mistakes import mistake, variant
+from checks.harness.catalogue import mistake, variant
 from reference.phase2.w15_mini_gpt import (
     Block,
     CausalSelfAttention,

@@ -50,7 +50,7 @@ def _compare_with_torch(
     )
     cause = None
     if error_report(actual.detach(), expected, rtol, atol) is not None:
-        cause = likely_cause(KATA, symbol, args, kwargs, actual.detach(), rtol=rtol, atol=atol)
+        cause = likely_cause(KATA, symbol, lambda f: f(*args, **kwargs).detach(), actual.detach(), rtol=rtol, atol=atol)
     assert_close(
         actual.detach(),
         expected,

@@ -216,7 +216,7 @@ def _assert_stats_with_cause(actual, expected, df: pd.DataFrame, kwargs: dict, b
         if not isinstance(actual, pd.Series | pd.DataFrame):
             raise
     # Outside the except block, so the learner sees one message, not a chain of two.
-    cause = likely_cause(KATA, "text_length_stats", (df,), kwargs, actual)
+    cause = likely_cause(KATA, "text_length_stats", lambda f: f(df.copy(deep=True), **kwargs), actual)
     _assert_same_stats(actual, expected, call=call, because=because, cause=cause)
 
 
