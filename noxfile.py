@@ -2,6 +2,7 @@
 
 nox -s phase1      the learner's checks for phase 1 (phase2, phase3, phase4 likewise)
 nox -s verify      the maintainer's proof (the repository's own test suite)
+nox -s mutants     mutation testing of the reference (`-- KATA ...`, `-- --check`)
 nox -s bench       performance benchmarks (pytest-benchmark, `perf` marker)
 nox -s gpu         CUDA checks (`gpu` marker); skipped, with the reason shown, without CUDA
 nox -s badges      progress badges from progress.toml
@@ -40,6 +41,13 @@ def verify(s: nox.Session) -> None:
     """Reference passes, stubs are todo, every catalogued mistake is caught, every variant accepted."""
     s.install("-e", ".[dev]")
     s.run("kata", "verify", "--", "-n", "auto", *s.posargs)
+
+
+@nox.session(python=PYTHON)
+def mutants(s: nox.Session) -> None:
+    """mutmut on the reference with each kata's fast checks; every survivor killed or documented."""
+    s.install("-e", ".[dev]")
+    s.run("kata", "mutants", *s.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -180,6 +180,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from .mutants import main as mutants_main
+
+    return mutants_main(
+        _load(), args.katas, check=args.check, survivors_only=args.survivors, max_children=args.max_children
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kata", description="LLM katas: learn by making the checks pass.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -211,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("doctor", cmd_doctor, "versions, CUDA, data and what will be skipped")
     verify = add("verify", cmd_verify, "maintainers: reference passes, stubs todo, mistakes caught, variants accepted")
     verify.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options")
+    mutants = add("mutants", cmd_mutants, "maintainers: mutation-test the reference against its checks")
+    mutants.add_argument("katas", nargs="*", help="katas to mutate (default: all)")
+    mutants.add_argument("--check", action="store_true", help="only check that the recorded runs are current")
+    mutants.add_argument("--survivors", action="store_true", help="re-test only the last run's survivors (quick)")
+    mutants.add_argument("--max-children", type=int, help="mutants tested in parallel (default: CPU count)")
     return parser
 
 
