@@ -175,9 +175,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import pytest
 
     os.environ.setdefault("KATA_PROFILE", "verify")
-    return int(
-        pytest.main([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *args.pytest_args])
-    )
+    extra = list(args.pytest_args)
+    if args.full:
+        extra.append("--kata-verify-full")
+    elif any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
+        extra += ["--dist", "loadgroup"]  # each mistake's checks on one worker, so it stops at the first catch
+    return int(pytest.main([str(paths.CHECKS_DIR), "--kata-verify", "-q", f"--rootdir={paths.ROOT}", *extra]))
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
@@ -218,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     badges.add_argument("--out", type=lambda p: __import__("pathlib").Path(p), default=paths.ROOT / "badges")
     add("doctor", cmd_doctor, "versions, CUDA, data and what will be skipped")
     verify = add("verify", cmd_verify, "maintainers: reference passes, stubs todo, mistakes caught, variants accepted")
+    verify.add_argument("--full", action="store_true", help="run every check on every mistake (the full matrix)")
     verify.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options")
     mutants = add("mutants", cmd_mutants, "maintainers: mutation-test the reference against its checks")
     mutants.add_argument("katas", nargs="*", help="katas to mutate (default: all)")

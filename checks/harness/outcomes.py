@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 TODO, FAILED, PASSED, SKIPPED = "todo", "failed", "passed", "skipped"
+# Under ``kata verify`` only: a catalogued mistake made a check crash in the check's own code, which
+# proves nothing about the mistake (see ``verify.is_catch``).
+CRASHED = "crashed"
 
 
 def is_not_implemented(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ import pytest
 from . import paths, progress, registry
 from .catalogue import CatalogueError
 from .impl import REFERENCE, STUBS, ImplChoice, ImplError, load_kata_module, patched_reference
-from .outcomes import FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
+from .outcomes import CRASHED, FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
 
 EXERCISE = pytest.StashKey[registry.Exercise]()
 RESULT = pytest.StashKey[dict]()
@@ -50,6 +50,9 @@ class RunState:
         self.registry = registry.load()
         self.impl = config.getoption("kata_impl")
         self.verify = config.getoption("kata_verify")
+        # Under verify, a mistake's remaining checks are skipped once one rejected it (unless --kata-verify-full).
+        self.skip_rejected = self.verify and not config.getoption("kata_verify_full")
+        self.rejected: dict[tuple[str, str], str] = {}  # (kata, mistake) -> the check that rejected it
         self.targets = config.getoption("kata_exercise") or []
         self.collected: dict[str, list[str]] = {}  # exercise id -> node ids
         self.incomplete: set[str] = set()  # exercises some of whose checks were deselected by others
@@ -113,6 +116,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="kata_verify",
         action="store_true",
         help="maintainers: check the reference, the stubs, every catalogued mistake and variant in one session",
+    )
+    group.addoption(
+        "--kata-verify-full",
+        dest="kata_verify_full",
+        action="store_true",
+        help="with --kata-verify: run every check on every mistake, even after one check rejected it",
     )
     group.addoption("--no-progress", dest="kata_no_progress", action="store_true", help="do not write progress.toml")
 
@@ -234,8 +243,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             continue
         item.stash[EXERCISE] = exercise
         _short_todo_reports(item, exercise)
-        if _choice(item).role == "mistake":
+        choice = _choice(item)
+        if choice.role == "mistake":
             item.add_marker(pytest.mark.filterwarnings("ignore"))  # wrong code warns (overflow, ...) by design
+            if state.skip_rejected:  # with xdist's --dist loadgroup, a mistake's checks share one worker
+                item.add_marker(pytest.mark.xdist_group(f"{exercise.kata}:{choice.entry}"))
         for marker in exercise.markers:
             item.add_marker(marker)
         if wanted is not None and exercise.id not in wanted:
@@ -297,8 +309,14 @@ def _perf_selected(config: pytest.Config) -> bool:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("perf") and not _perf_selected(item.config):
         pytest.skip("performance benchmark: run it with `nox -s bench` (pytest -m perf)")
-    if item.get_closest_marker("slow") and _choice(item).role == "mistake":
+    choice = _choice(item)
+    if item.get_closest_marker("slow") and choice.role == "mistake":
         pytest.skip("slow checks prove the reference and the variants; every mistake must be caught by a fast one")
+    state = _state(item.config)
+    if choice.role == "mistake" and state.skip_rejected and EXERCISE in item.stash:
+        rejected_by = state.rejected.get((item.stash[EXERCISE].kata, choice.entry))
+        if rejected_by:
+            pytest.skip(f"mistake {choice.entry} is already rejected by {rejected_by} (--kata-verify-full runs all)")
     if item.get_closest_marker("gpu"):
         import torch
 
@@ -348,13 +366,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     record = item.stash.setdefault(RESULT, {"outcome": PASSED, "duration": 0.0})
     record["duration"] += report.duration
     outcome = _phase_outcome(report, call)
+    choice = _choice(item)
+    if state.verify and choice.role == "mistake" and outcome == FAILED and call.excinfo is not None:
+        from .verify import is_catch
+
+        if is_catch(call.excinfo.value, (AssertionError, pytest.fail.Exception, CheckTimedOut)):
+            state.rejected.setdefault((exercise.kata, choice.entry), item.nodeid)
+        else:
+            outcome = CRASHED
     if outcome == FAILED or (outcome == TODO and record["outcome"] != FAILED):
         record["outcome"] = outcome
+    elif outcome == CRASHED and record["outcome"] in (PASSED, SKIPPED):
+        record["outcome"] = CRASHED
     elif outcome == SKIPPED and record["outcome"] == PASSED:
         record["outcome"] = SKIPPED
     if outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut):
         report.sections.append(("kata", f"The code under test {call.excinfo.value}: look for a loop that never ends."))
-    choice = _choice(item)
     if report.when == "teardown":
         report.user_properties.append(
             ("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"]))

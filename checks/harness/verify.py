@@ -11,14 +11,16 @@ canonical stubs, hints, catalogue coverage) is checked first.
 
 from __future__ import annotations
 
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from . import paths
 from .impl import ImplChoice
-from .outcomes import FAILED, PASSED, TODO, CheckResult
+from .outcomes import CRASHED, FAILED, PASSED, TODO, CheckResult
 from .registry import Exercise, Registry
 from .stubs import api_differences, stub_problems
 
@@ -54,6 +56,32 @@ def static_problems(registry: Registry, kata_ids: set[str] | None = None) -> lis
     return problems
 
 
+def _is_code_under_test(filename: str) -> bool:
+    path = Path(filename).resolve()
+    return any(d in path.parents for d in (paths.REFERENCE_DIR, paths.KATAS_DIR, paths.MISTAKES_DIR))
+
+
+def _is_project_file(filename: str) -> bool:
+    path = Path(filename).resolve()
+    return paths.ROOT in path.parents and ".venv" not in path.parts and ".nox" not in path.parts
+
+
+def is_catch(exc: BaseException, assertion_types: tuple[type[BaseException], ...]) -> bool:
+    """Does this failure reject the code under test, rather than crash the check's own code?
+
+    A catch is an assertion about behaviour (``AssertionError``, ``pytest.fail``, a time limit) or an
+    exception raised inside the code under test. Anything else was raised in the check's own code (a
+    TypeError while indexing a wrong result, say) and proves nothing about the mistake: that check must
+    assert on what it relies on first. What decides is the innermost frame of the project's own files.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_catch(e, assertion_types) for e in exc.exceptions)
+    if isinstance(exc, assertion_types):
+        return True
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_project_file(f.filename)]
+    return bool(frames) and _is_code_under_test(frames[-1].filename)
+
+
 def rewrite_report(report: pytest.TestReport, choice: ImplChoice, outcome: str, exercise: Exercise) -> None:
     """Turn expected outcomes into xfails and unexpected ones into failures that say what is wrong."""
     if choice.role == "stub":
@@ -71,6 +99,9 @@ def rewrite_report(report: pytest.TestReport, choice: ImplChoice, outcome: str, 
             )
     elif choice.role == "mistake" and outcome in (FAILED, TODO):
         report.outcome, report.wasxfail = "skipped", f"rejects mistake {choice.entry}"
+    elif choice.role == "mistake" and outcome == CRASHED:
+        report.outcome = "skipped"
+        report.wasxfail = f"crashed in the check's own code on mistake {choice.entry}: not counted as a catch"
     elif choice.role == "variant" and outcome == FAILED:
         report.sections.append(
             ("kata verify", f"Variant {choice.entry} is a correct answer; this check over-fits the reference.")
@@ -138,8 +169,12 @@ def build_report(registry: Registry, results: list[CheckResult], collected: dict
                     row.mistakes += 1
                     if any(r.outcome == FAILED for r in runs):
                         row.caught += 1
-                    else:
-                        report.gaps.append(f"{exercise.id}: no check rejects mistake {entry.name} ({entry.because})")
+                        continue
+                    gap = f"{exercise.id}: no check rejects mistake {entry.name} ({entry.because})"
+                    crashed = [r.nodeid for r in runs if r.outcome == CRASHED]
+                    if crashed:
+                        gap += "; these checks only crashed in their own code: " + ", ".join(crashed)
+                    report.gaps.append(gap)
                 else:
                     row.variants += 1
                     rejected = [r.nodeid for r in runs if r.outcome == FAILED]

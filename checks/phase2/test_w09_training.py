@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from checks.mistakes import mistakes_for
-from checks.numerics import assert_close, compare_with_reference, describe, error_report
+from checks.numerics import assert_close, compare_with_reference, describe, error_report, likely_cause
 from checks.torch_strategies import generator, randn, refill_, seeded, seeds
 
 pytestmark = pytest.mark.kata("w09_training")
@@ -50,19 +49,6 @@ def _copy_by_name(mine: nn.Module, theirs: nn.Module, names: tuple[str, ...], ow
                 f"{describe(target) if target is not None else None}."
             )
             target.copy_(source)
-
-
-def _cause(symbol: str, actual, run, rtol: float = 1e-6, atol: float = 1e-9) -> str | None:
-    """The catalogued mistake of ``symbol`` whose result ``run(mistake)`` reproduces ``actual``, if any."""
-    for entry in mistakes_for(KATA, symbol):
-        try:
-            with seeded(0):
-                candidate = run(entry.obj)
-            if error_report(actual, candidate, rtol, atol) is None:
-                return entry.because
-        except Exception:  # noqa: BLE001 - a mistake that crashes on this input simply does not match
-            continue
-    return None
 
 
 def _forbid(monkeypatch: pytest.MonkeyPatch, what: str, targets: list[tuple[object, str]]) -> None:
@@ -141,7 +127,8 @@ def test_layernorm_matches_torch(impl, case):
         got, expected = mine(x), theirs(x)
     cause = None
     if error_report(got, expected, 1e-7, 1e-10):
-        cause = _cause("LayerNorm", got, lambda cls: _my_layernorm(cls, shape_arg, eps, theirs)(x))
+        cause = likely_cause(KATA, "LayerNorm", lambda cls: _my_layernorm(cls, shape_arg, eps, theirs)(x), got,
+                             rtol=1e-7, atol=1e-10)
     assert_close(got, expected, call=f"LayerNorm({shape_arg!r}, eps={eps})(x of shape {tuple(x.shape)})",
                  rtol=1e-7, atol=1e-10, cause=cause,
                  because="it must equal nn.LayerNorm with the same weight and bias: the last "
@@ -291,7 +278,7 @@ def test_batchnorm_matches_torch_over_training_and_eval(impl, case):
             def cause(got, pick, k=k):
                 def run(cls):
                     return _bn_trace(_bn_pair(cls, C, momentum, eps, seed)[0], batches, 3)[k][pick]
-                return _cause("BatchNorm1d", got, run)
+                return likely_cause(KATA, "BatchNorm1d", run, got, rtol=1e-7, atol=1e-10)
 
             got = mine(x)
             expected = theirs(x)
@@ -441,12 +428,12 @@ def test_dropout_drops_a_fraction_p_and_scales_the_rest(impl, seed, p):
     assert abs(fraction - p) <= 6 * sigma, (
         f"Called {call}. It zeroed {fraction:.3f} of the entries; expected {p} +- {6 * sigma:.3f} (6 standard "
         f"deviations), because each entry is dropped with probability p (and kept with probability 1 - p)."
-        + (f"\nLikely cause: {c}" if (c := _cause("Dropout", out, lambda cls: _drop_cls(cls, p, x, seed))) else "")
+        + (f"\nLikely cause: {c}" if (c := likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, p, x, seed), out)) else "")
     )
     kept, expected = out[~dropped], x[~dropped] / (1 - p)
     assert_close(kept, expected, call=call + " -> the kept entries",
                  because=f"every kept entry is multiplied by 1 / (1 - p) = {1 / (1 - p):.4g} (inverted dropout).",
-                 cause=_cause("Dropout", out, lambda cls: _drop_cls(cls, p, x, seed)) if error_report(
+                 cause=likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, p, x, seed), out) if error_report(
                      kept, expected, 1e-6, 1e-9) else None)
 
 
@@ -468,8 +455,8 @@ def test_dropout_keeps_the_expectation(impl, seed, p):
         f"Called Dropout({p}) in training mode on torch.ones({n}). The mean of the output is {mean:.4f}; expected "
         f"1 +- {6 * sigma:.4f} (6 standard deviations), because inverted dropout keeps E[x]: the survivors are "
         f"scaled by 1 / (1 - p) so that E[y] = (1 - p) * x / (1 - p) = x."
-        + (f"\nLikely cause: {c}" if (c := _cause("Dropout", out,
-                                                   lambda cls: _drop_cls(cls, p, torch.ones(n, dtype=DT), seed)))
+        + (f"\nLikely cause: {c}" if (c := likely_cause(
+                KATA, "Dropout", lambda cls: _drop_cls(cls, p, torch.ones(n, dtype=DT), seed), out))
            else "")
     )
 
@@ -493,7 +480,7 @@ def test_dropout_edge_probabilities(impl):
     assert torch.equal(out.detach(), torch.zeros(4, 6, dtype=DT)), (
         f"Called Dropout(1.0) in training mode. Returned {describe(out)}; expected all zeros and no nan: with p = 1 "
         "every entry is dropped, and 1 / (1 - p) must never be computed (0 * inf is nan)."
-        + (f"\nLikely cause: {c}" if (c := _cause("Dropout", out, lambda cls: _drop_cls(cls, 1.0, x.detach(), 0)))
+        + (f"\nLikely cause: {c}" if (c := likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, 1.0, x.detach(), 0), out))
            else "")
     )
     if out.requires_grad:
@@ -613,9 +600,9 @@ def test_cell_matches_torch(impl, kind, case):
     cause = None
     if error_report(got, expected, 1e-7, 1e-10):
         def run(cls):
-            with torch.no_grad():
+            with torch.no_grad(), seeded(seed):  # the cell's own init draws from the global RNG
                 return _unroll(_cell_pair(cls, kind, n_in, H, seed)[0], kind, xs, state)
-        cause = _cause(kind, got, run)
+        cause = likely_cause(KATA, kind, run, got, rtol=1e-7, atol=1e-10)
     outputs = "(h, c)" if kind == "LSTMCell" else "h"
     assert_close(got, expected, rtol=1e-7, atol=1e-10, cause=cause,
                  call=f"{kind}({n_in}, {H}) with nn.{kind}'s weights, {steps} step(s) on x of shape ({B}, {n_in}) from "
@@ -816,11 +803,12 @@ def test_lstm_attention_matches_reference(impl, reference, case):
     cause = None
     if error_report(got, expected, 1e-7, 1e-10):
         def run(cls):
-            other = cls(V, E, H, num_heads=heads).double().eval()
+            with seeded(seed):  # construction draws from the global RNG
+                other = cls(V, E, H, num_heads=heads).double().eval()
             other.load_state_dict(expected_model.state_dict())
             with torch.no_grad():
                 return other(tokens)
-        cause = _cause("LSTMWithAttention", got, run)
+        cause = likely_cause(KATA, "LSTMWithAttention", run, got, rtol=1e-7, atol=1e-10)
     assert_close(got, expected, call=f"{_model_call(case)} with the reference's weights", rtol=1e-7, atol=1e-10,
                  cause=cause,
                  because="with the same weights it must compute linear(attention(lstm(embedding(x)))) with a causal "
@@ -878,7 +866,8 @@ def test_clip_matches_torch(impl, case):
     shapes, has_grad, scale, max_norm, norm_type, _ = case
     got = _clip_result(impl.clip_grad_norm_, case)
     expected = _clip_result(torch.nn.utils.clip_grad_norm_, case)
-    cause = _cause("clip_grad_norm_", got, lambda fn: _clip_result(fn, case)) if error_report(
+    cause = likely_cause(KATA, "clip_grad_norm_", lambda fn: _clip_result(fn, case), got,
+                         rtol=1e-7, atol=1e-10) if error_report(
         got, expected, 1e-7, 1e-10) else None
     assert_close(got, expected, rtol=1e-7, atol=1e-10, cause=cause,
                  call=f"clip_grad_norm_({len(shapes)} parameters of shapes {shapes}, gradients on {has_grad}, of "
@@ -1016,7 +1005,8 @@ def test_adamw_trajectory_matches_torch(impl, hyper, seed):
     expected = _trajectory(lambda ps: torch.optim.AdamW(ps, **hyper), seed, steps)
     cause = None
     if error_report(got, expected, 1e-8, 1e-10):
-        cause = _cause("AdamW", got, lambda cls: _trajectory(lambda ps: cls(ps, **hyper), seed, steps))
+        cause = likely_cause(KATA, "AdamW", lambda cls: _trajectory(lambda ps: cls(ps, **hyper), seed, steps), got,
+                             rtol=1e-8, atol=1e-10)
     assert_close(got, expected, rtol=1e-8, atol=1e-10, cause=cause,
                  call=f"AdamW(params, {', '.join(f'{k}={v}' for k, v in hyper.items())}) for {steps} steps on a small "
                       "problem (row k of the result = all parameters after step k + 1)",
@@ -1035,7 +1025,7 @@ def test_adamw_first_step_is_lr_times_sign(impl):
                  because="after bias correction m_hat = g and v_hat = g^2 at t = 1, so the first step is "
                          "lr * g / (|g| + eps): about lr against the sign of each gradient, whatever its size. "
                          "Without the correction by 1 - beta^t the first steps have the wrong size.",
-                 cause=_cause("AdamW", w.detach(), lambda cls: _one_step(cls)))
+                 cause=likely_cause(KATA, "AdamW", _one_step, w.detach()))
 
 
 def _one_step(cls):
@@ -1209,7 +1199,7 @@ def test_schedule_matches_the_formula(impl, case):
     steps = range(case[1] + 3)
     got = _lrs(impl.warmup_cosine_lr, case, steps)
     expected = _lrs(_schedule, case, steps)
-    cause = _cause("warmup_cosine_lr", got, lambda fn: _lrs(fn, case, steps)) if error_report(
+    cause = likely_cause(KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, rtol=1e-9, atol=1e-15) if error_report(
         got, expected, 1e-9, 1e-15) else None
     assert_close(got, expected, rtol=1e-9, atol=1e-15, cause=cause,
                  call=_schedule_call(case) + f" for step = 0..{case[1] + 2} (index = step)",
@@ -1238,7 +1228,7 @@ def test_schedule_warmup_is_linear_from_zero_to_max(impl, case):
                  because=f"the warmup is the straight line from 0 at step 0 to max_lr at step warmup_steps = {warmup} "
                          "(max_lr / warmup_steps per step). (step + 1) / warmup_steps is one step ahead: it reaches "
                          "max_lr at warmup_steps - 1 and then stays flat for a step.",
-                 cause=_cause("warmup_cosine_lr", got, lambda fn: _lrs(fn, case, steps)))
+                 cause=likely_cause(KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, rtol=1e-9, atol=1e-15))
 
 
 @pytest.mark.exercise("warmup_cosine_lr")
@@ -1260,8 +1250,9 @@ def test_schedule_decays_monotonically_to_min_lr(impl, case):
     assert all(math.isclose(lr, min_lr, rel_tol=1e-12, abs_tol=1e-15) for lr in at_end), (
         f"Called {call}. Steps {total}..{total + 3} give {at_end}; expected min_lr = {min_lr}: the cosine ends at "
         f"min_lr at total_steps and the rate stays there (a decay that ignores min_lr ends at 0)."
-        + (f"\nLikely cause: {c}" if (c := _cause("warmup_cosine_lr", torch.tensor(at_end, dtype=DT),
-                                                   lambda fn: _lrs(fn, case, range(total, total + 4)))) else "")
+        + (f"\nLikely cause: {c}" if (c := likely_cause(
+                KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, range(total, total + 4)),
+                torch.tensor(at_end, dtype=DT), rtol=1e-12, atol=1e-15)) else "")
     )
 
 

@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.mistakes import mistakes_for
+from checks.harness.catalogue import mistakes_for
 from checks.numerics import assert_close, error_report, format_call
 from checks.torch_strategies import generator, randn, refill_, seeds
 
