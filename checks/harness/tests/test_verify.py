@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
+# Each test runs a whole verify session of w01 in a subprocess, beside the rest of the suite.
+pytestmark = pytest.mark.timeout(300)
+
 CHECKS = "checks/phase1/test_w01_numpy.py"
 
 
@@ -12,9 +17,11 @@ def verify(project):
 
 
 def test_the_w01_kata_verifies(project):
-    run = verify(project)
+    run = project.pytest(CHECKS, "--kata-verify", "-rs", KATA_PROFILE="verify")
     assert run.returncode == 0, run.stdout[-3000:]
     assert "verified" in run.stdout and "xfailed" in run.stdout
+    # once a check rejects a mistake, its other checks are skipped (kata verify --full runs them all)
+    assert "is already rejected by" in run.stdout
 
 
 def test_gaps_fail_the_run_and_are_named(project):
@@ -40,12 +47,20 @@ def test_gaps_fail_the_run_and_are_named(project):
         @pytest.mark.exercise("softmax")
         def test_vacuous(impl):
             assert impl is not None
+
+
+        @pytest.mark.exercise("softmax")
+        def test_crashes_in_its_own_code(impl):
+            result = impl.softmax(np.zeros(2))
+            if impl.softmax.__name__ == "softmax_in_disguise":
+                result.no_such_attribute  # an AttributeError of the check's own making proves nothing
         """
     )
     project.write(CHECKS, project.read(CHECKS) + vacuous)
     run = verify(project)
     assert run.returncode == 1
     assert "no check rejects mistake softmax_in_disguise" in run.stdout
+    assert "only crashed in their own code: " in run.stdout and "test_crashes_in_its_own_code" in run.stdout
     assert "variant softmax_wrong_variant is rejected" in run.stdout
     assert "passes on the untouched stub" in run.stdout
 
