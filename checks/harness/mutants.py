@@ -353,6 +353,29 @@ def recorded_results(registry: Registry, kata_ids: list[str] | None) -> list[Kat
     return results
 
 
+README_BLOCK = re.compile(r"(<!-- mutation-table -->\n).*?(<!-- /mutation-table -->)", re.S)
+
+
+def markdown_table(results: list[KataResult]) -> str:
+    """The README's table of the recorded runs."""
+    rows = ["| kata | mutants | killed | equivalent | survived | time |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        rows.append(
+            f"| `{r.kata}` | {r.mutants} | {r.killed} | {r.equivalent} | {len(r.survivors)} | {r.seconds:.0f} s |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def update_readme(registry: Registry) -> None:
+    """Rewrite the README's mutation table from the records (the README never drifts from them)."""
+    readme = paths.ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    table = markdown_table(recorded_results(registry, None))
+    updated = README_BLOCK.sub(lambda m: m.group(1) + table + m.group(2), text)
+    if updated != text:
+        readme.write_text(updated, encoding="utf-8")
+
+
 def describe_survivor(mutant: Mutant) -> str:
     diff = re.sub(r"^(---|\+\+\+) .*\n", "", mutant.diff, flags=re.M)
     return (
@@ -388,6 +411,7 @@ def main(registry: Registry, kata_ids: list[str], *, check: bool, survivors_only
         result = run_kata(kata, max_children=max_children, survivors_only=survivors_only)
         if not survivors_only:
             write_last_run(kata, result, version("mutmut"))
+            update_readme(registry)
         results.append(result)
         for record in result.unused_records:
             write(f"  {kata.id}: recorded equivalent no longer survives, remove it: {dict(record)}")

@@ -82,3 +82,11 @@ def test_mutant_names_and_diffs_are_read_as_function_and_changed_lines():
     assert mutants._function_of("reference.phase1.w01_numpy.xǁCharVocabǁencode__mutmut_12") == "CharVocab.encode"
     diff = "--- a.py\n+++ a.py\n@@ -1,3 +1,3 @@\n def f(x):\n-    return x  +  1\n+    return x - 1\n"
     assert mutants._changed_lines(diff) == ("return x + 1", "return x - 1")
+
+
+def test_the_readme_shows_the_recorded_runs():
+    readme = (mutants.paths.ROOT / "README.md").read_text(encoding="utf-8")
+    block = mutants.README_BLOCK.search(readme)
+    assert block, "README.md lost its <!-- mutation-table --> block"
+    expected = mutants.markdown_table(mutants.recorded_results(registry.load(), None))
+    assert expected in block.group(0), "README's mutation table differs from checks/mutants/; run `kata mutants`"
