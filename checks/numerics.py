@@ -180,6 +180,8 @@ def assert_gradient(
     # differences cannot resolve entries that small, and their absolute error is what matters there.
     floor = max(1e-6 * float(np.max(np.abs(numeric), initial=0.0)), 1e-12)
     errors = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), floor)
+    # inf - inf and x / inf give nan, which compares False with any tolerance: count it as wrong.
+    errors = np.where(np.isnan(errors), np.inf, errors)
     if errors.size and errors.max() > max_rel_error:
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(errors)), errors.shape))
         raise AssertionError(

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from checks.harness.catalogue import mistake, variant
+from checks.harness.catalogue import mistake, mutant, variant
 from reference.phase1.w01_numpy import CharVocab
 
 # --------------------------------------------------------------------------- softmax
@@ -33,6 +33,27 @@ def softmax_global_max(x, axis=-1):
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max())
     return e / e.sum(axis=axis, keepdims=True)
+
+
+@mistake("softmax", "subtracts the max in place (x -= ...): np.asarray of a float64 array is that very array, so "
+                    "the caller's x is overwritten")
+def softmax_in_place(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    x -= x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@mutant("softmax", "keeps the input's dtype: a float32 input gives a float32 result, computed with float32 rounding",
+        replace={"np.asarray(x, dtype=np.float64)": "np.asarray(x)"})
+def softmax_keeps_float32():
+    """Built from the reference with its float64 conversion removed."""
+
+
+@mutant("softmax", "normalises axis 0 by default instead of the last axis",
+        replace={"axis: int = -1": "axis: int = 0"})
+def softmax_default_axis_0():
+    """Built from the reference with the default axis changed."""
 
 
 @variant("softmax", "computes exp(x - logsumexp(x)) instead of dividing by the sum")
@@ -72,6 +93,25 @@ def logsumexp_keeps_axis(x, axis=-1, keepdims=False):
     x = np.asarray(x, dtype=np.float64)
     m = x.max(axis=axis, keepdims=True)
     return m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=keepdims))
+
+
+@mistake("log_softmax", "subtracts logsumexp in place (x -= ...), overwriting the caller's float64 array")
+def log_softmax_in_place(x, axis=-1):
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=axis, keepdims=True)
+    x -= m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+    return x
+
+
+@mutant("logsumexp", "keeps the input's dtype: a float32 input gives a float32 result",
+        replace={"np.asarray(x, dtype=np.float64)": "np.asarray(x)"})
+def logsumexp_keeps_float32():
+    """Built from the reference with its float64 conversion removed."""
+
+
+@mutant("logsumexp", "reduces axis 0 by default instead of the last axis", replace={"axis: int = -1": "axis: int = 0"})
+def logsumexp_default_axis_0():
+    """Built from the reference with the default axis changed."""
 
 
 @variant("logsumexp", "reduces with np.logaddexp (pairwise stable log(exp(a) + exp(b))) instead of shifting by the max")
@@ -126,6 +166,40 @@ def one_hot_flattens(indices, num_classes):
     return _eye_rows(indices.reshape(-1), num_classes)
 
 
+@mistake("one_hot", "builds float32 rows (np.eye(C, dtype=np.float32)) instead of float64")
+def one_hot_float32(indices, num_classes):
+    indices = np.asarray(indices)
+    if indices.size and not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got {indices.dtype}")
+    bad = indices[(indices < 0) | (indices >= num_classes)]
+    if bad.size:
+        raise ValueError(f"index {int(bad[0])} is out of range")
+    return np.eye(num_classes, dtype=np.float32)[indices.astype(np.int64)]
+
+
+@mistake("one_hot", "rejects only float dtypes, so a boolean array is taken as indices 0 and 1")
+def one_hot_accepts_bools(indices, num_classes):
+    indices = np.asarray(indices)
+    if indices.size and indices.dtype.kind == "f":
+        raise ValueError(f"indices must be integers, got {indices.dtype}")
+    indices = indices.astype(np.int64)
+    bad = indices[(indices < 0) | (indices >= num_classes)]
+    if bad.size:
+        raise ValueError(f"index {int(bad[0])} is out of range")
+    return _eye_rows(indices, num_classes)
+
+
+@mistake("one_hot", "checks the dtype even when the array is empty, so one_hot([], C) (NumPy makes [] float64) raises")
+def one_hot_rejects_empty_list(indices, num_classes):
+    indices = np.asarray(indices)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got {indices.dtype}")
+    bad = indices[(indices < 0) | (indices >= num_classes)]
+    if bad.size:
+        raise ValueError(f"index {int(bad[0])} is out of range")
+    return _eye_rows(indices, num_classes)
+
+
 @variant("one_hot", "compares the indices against np.arange(C) by broadcasting and casts the booleans to float")
 def one_hot_broadcast_compare(indices, num_classes):
     indices = np.asarray(indices)
@@ -135,6 +209,19 @@ def one_hot_broadcast_compare(indices, num_classes):
         if not 0 <= value < num_classes:
             raise ValueError(f"class index {value} not in [0, {num_classes})")
     return (indices[..., None] == np.arange(num_classes)).astype(np.float64)
+
+
+@variant("one_hot", "validates with np.any and builds the rows of np.eye(C) for the flattened indices, then reshapes")
+def one_hot_eye_reshape(indices, num_classes):
+    indices = np.asarray(indices)
+    if indices.size == 0:
+        return np.zeros(indices.shape + (num_classes,))
+    if indices.dtype == bool or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"expected integer class ids, got dtype {indices.dtype}")
+    if np.any(indices < 0) or np.any(indices >= num_classes):
+        offending = indices[(indices < 0) | (indices >= num_classes)].ravel()[0]
+        raise ValueError(f"{offending} is not a class id in range({num_classes})")
+    return np.eye(num_classes)[indices.ravel()].reshape(indices.shape + (num_classes,))
 
 
 # --------------------------------------------------------------------------- standardize
@@ -174,6 +261,27 @@ def standardize_eps_in_sqrt(x, axis=0, eps=1e-8):
     return (x - x.mean(axis=axis, keepdims=True)) / np.sqrt(x.var(axis=axis, keepdims=True) + eps)
 
 
+@mistake("standardize", "centres and scales in place (x -= mean; x /= std + eps), overwriting the caller's array")
+def standardize_in_place(x, axis=0, eps=1e-8):
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(axis=axis, keepdims=True)
+    x -= x.mean(axis=axis, keepdims=True)
+    x /= std + eps
+    return x
+
+
+@mistake("standardize", "ignores the eps argument and always adds 1e-8")
+def standardize_ignores_eps(x, axis=0, eps=1e-8):
+    x = np.asarray(x, dtype=np.float64)
+    return (x - x.mean(axis=axis, keepdims=True)) / (x.std(axis=axis, keepdims=True) + 1e-8)
+
+
+@mutant("standardize", "keeps the input's dtype: a float32 input gives a float32 result",
+        replace={"np.asarray(x, dtype=np.float64)": "np.asarray(x)"})
+def standardize_keeps_float32():
+    """Built from the reference with its float64 conversion removed."""
+
+
 @variant("standardize", "computes mean and population std from explicit sums over the axis")
 def standardize_by_sums(x, axis=0, eps=1e-8):
     x = np.asarray(x, dtype=np.float64)
@@ -211,6 +319,14 @@ def pairwise_sqrt(a, b):
 def pairwise_missing_two(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.maximum((a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - a @ b.T, 0.0)
+
+
+@mutant("pairwise_sq_distances", "keeps the inputs' dtype: float32 points give float32 distances (and float32 "
+                                 "cancellation, far worse than float64's)",
+        replace={"np.asarray(a, dtype=np.float64)": "np.asarray(a)",
+                 "np.asarray(b, dtype=np.float64)": "np.asarray(b)"})
+def pairwise_keeps_float32():
+    """Built from the reference with its float64 conversions removed."""
 
 
 @variant("pairwise_sq_distances", "broadcasts the differences to (N, M, D) and sums their squares (exact, more memory)")
@@ -292,6 +408,49 @@ def numerical_gradient_divides_by_eps(f, x, eps=1e-5):
     return grad
 
 
+@mistake("numerical_gradient", "ignores the eps argument and always steps by 1e-5")
+def numerical_gradient_fixed_step(f, x, eps=1e-5):
+    xp = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(xp)
+    for index in np.ndindex(xp.shape):
+        original = xp[index]
+        xp[index] = original + 1e-5
+        plus = float(f(xp))
+        xp[index] = original - 1e-5
+        minus = float(f(xp))
+        xp[index] = original
+        grad[index] = (plus - minus) / 2e-5
+    return grad
+
+
+@mutant("numerical_gradient", "uses the default step 1e-6 instead of the documented 1e-5",
+        replace={"eps: float = 1e-5": "eps: float = 1e-6"})
+def numerical_gradient_default_1e6():
+    """Built from the reference with the default step changed."""
+
+
+@mutant("numerical_gradient", "perturbs a copy in x's own dtype: for a float32 x the steps are rounded to float32 "
+                              "(x + 1e-5 is off by ~1%) and the result is float32",
+        replace={"np.array(x, dtype=np.float64)": "np.array(x)"})
+def numerical_gradient_keeps_float32():
+    """Built from the reference with its float64 copy replaced by a same-dtype copy."""
+
+
+@mistake("numerical_gradient", "promotes x with np.atleast_1d, so a 0-D x gives a gradient of shape (1,), not ()")
+def numerical_gradient_atleast_1d(f, x, eps=1e-5):
+    xp = np.atleast_1d(np.array(x, dtype=np.float64))
+    grad = np.zeros_like(xp)
+    for index in np.ndindex(xp.shape):
+        original = xp[index]
+        xp[index] = original + eps
+        plus = float(f(xp))
+        xp[index] = original - eps
+        minus = float(f(xp))
+        xp[index] = original
+        grad[index] = (plus - minus) / (2 * eps)
+    return grad
+
+
 @variant("numerical_gradient", "never writes to any array: evaluates f(x + eps e_i) and f(x - eps e_i) with a "
                                "fresh basis array per index, over the flattened view")
 def numerical_gradient_basis_vectors(f, x, eps=1e-5):
@@ -305,6 +464,19 @@ def numerical_gradient_basis_vectors(f, x, eps=1e-5):
     return flat.reshape(x.shape)
 
 
+@variant("numerical_gradient", "perturbs two fresh copies per entry through .flat (C order), never one array back "
+                               "and forth")
+def numerical_gradient_flat_copies(f, x, eps=1e-5):
+    base = np.array(x, dtype=np.float64)
+    grad = np.empty_like(base)
+    for k in range(base.size):
+        up, down = base.copy(), base.copy()
+        up.flat[k] += eps
+        down.flat[k] -= eps
+        grad.flat[k] = (f(up) - f(down)) / (2 * eps)
+    return grad
+
+
 # --------------------------------------------------------------------------- mlp_loss_and_grads
 
 
@@ -313,24 +485,31 @@ def _softmax_rows(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _forward(params, x, y):
+def _forward(params, x, y, *, stable=True):
     z1 = x @ params["W1"] + params["b1"]
     h = np.maximum(z1, 0.0)
     logits = h @ params["W2"] + params["b2"]
     probs = _softmax_rows(logits)
     n = x.shape[0]
-    loss = -float(np.mean(np.log(probs[np.arange(n), y])))
+    if stable:
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    else:
+        with np.errstate(divide="ignore"):
+            log_probs = np.log(probs)  # log(0) = -inf once a probability underflows
+    loss = -float(np.mean(log_probs[np.arange(n), y]))
     return z1, h, probs, loss
 
 
-def _backward(params, x, y, z1, h, probs, *, relu_mask=True, batch_divisions=1):
+def _backward(params, x, y, z1, h, probs, *, relu_mask=">", batch_divisions=1):
     n = x.shape[0]
     dlogits = probs.copy()
     dlogits[np.arange(n), y] -= 1.0
     dlogits /= n**batch_divisions
     dW2, db2 = h.T @ dlogits, dlogits.sum(axis=0)
     dh = dlogits @ params["W2"].T
-    dz1 = dh * (z1 > 0) if relu_mask else dh
+    masks = {">": z1 > 0, ">=": z1 >= 0, None: np.ones_like(z1, dtype=bool)}
+    dz1 = dh * masks[relu_mask]
     dW1, db1 = x.T @ dz1, dz1.sum(axis=0)
     return {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
 
@@ -338,7 +517,20 @@ def _backward(params, x, y, z1, h, probs, *, relu_mask=True, batch_divisions=1):
 @mistake("mlp_loss_and_grads", "forgets the ReLU mask in the backward pass: gradient flows through inactive units")
 def mlp_missing_relu_mask(params, x, y):
     z1, h, probs, loss = _forward(params, x, y)
-    return loss, _backward(params, x, y, z1, h, probs, relu_mask=False)
+    return loss, _backward(params, x, y, z1, h, probs, relu_mask=None)
+
+
+@mistake("mlp_loss_and_grads", "masks the ReLU gradient with z1 >= 0, so it flows through units sitting exactly at 0")
+def mlp_relu_mask_at_zero(params, x, y):
+    z1, h, probs, loss = _forward(params, x, y)
+    return loss, _backward(params, x, y, z1, h, probs, relu_mask=">=")
+
+
+@mistake("mlp_loss_and_grads", "takes the loss as log(softmax(logits)): a confident wrong answer underflows to "
+                               "log(0) = -inf and the loss is inf")
+def mlp_log_of_softmax(params, x, y):
+    z1, h, probs, loss = _forward(params, x, y, stable=False)
+    return loss, _backward(params, x, y, z1, h, probs)
 
 
 @mistake("mlp_loss_and_grads", "divides by the batch size twice (once in dlogits, once more in the weight "
@@ -374,6 +566,12 @@ def linear_forward_without_bias(x, W, b):
 @variant("linear_backward", "writes every product with np.einsum")
 def linear_backward_einsum(dout, x, W):
     return np.einsum("nh,dh->nd", dout, W), np.einsum("nd,nh->dh", x, dout), np.einsum("nh->h", dout)
+
+
+@variant("mlp_loss_and_grads", "masks the ReLU gradient with h > 0 (the same units as z1 > 0)")
+def mlp_masks_with_h(params, x, y):
+    z1, h, probs, loss = _forward(params, x, y)
+    return loss, _backward(params, x, y, h, h, probs)
 
 
 @variant("mlp_loss_and_grads", "self-contained: softmax probabilities, a one-hot matrix and np.where for the ReLU")
@@ -424,6 +622,86 @@ class CharVocabKeepsDuplicates(CharVocab):
         vocab.itos = sorted(text)  # sorted, but every repeated character gets an id of its own
         vocab.stoi = {ch: i for i, ch in enumerate(vocab.itos)}
         return vocab
+
+
+@mistake("CharVocab", "encodes with np.array(ids) without a dtype: an empty text gives a float64 array")
+class CharVocabEncodeDefaultDtype(CharVocab):
+    def encode(self, text):
+        for ch in text:
+            if ch not in self.stoi:
+                raise KeyError(f"character {ch!r} is not in the vocabulary")
+        return np.array([self.stoi[ch] for ch in text])
+
+
+@mistake("CharVocab", "checks only for duplicates, so an entry of several characters (or none) is accepted")
+class CharVocabAcceptsLongEntries(CharVocab):
+    def __init__(self, chars):
+        chars = list(chars)
+        if len(set(chars)) != len(chars):
+            raise ValueError(f"duplicate characters in {chars!r}")
+        self.itos = chars
+        self.stoi = {ch: i for i, ch in enumerate(chars)}
+
+
+@mistake("CharVocab", "keeps the tables in class attributes, so every vocabulary built adds to one shared table")
+class CharVocabSharedTables(CharVocab):
+    itos: list[str] = []  # class attributes: one table shared by every instance (that is the mistake)
+    stoi: dict[str, int] = {}
+
+    def __init__(self, chars):
+        chars = list(chars)
+        if any(not isinstance(ch, str) or len(ch) != 1 for ch in chars) or len(set(chars)) != len(chars):
+            raise ValueError(f"need distinct single characters, got {chars!r}")
+        for ch in chars:
+            if ch not in self.stoi:
+                self.stoi[ch] = len(self.itos)
+                self.itos.append(ch)
+
+
+@mistake("CharVocab", "validates the ids in one pass and decodes them in a second one: a generator is used up by "
+                      "the first pass and decodes to ''")
+class CharVocabIteratesIdsTwice(CharVocab):
+    def decode(self, ids):
+        for i in ids:
+            if not 0 <= int(i) < len(self.itos):
+                raise KeyError(f"id {int(i)} is not in the vocabulary")
+        return "".join(self.itos[int(i)] for i in ids)
+
+
+@variant("CharVocab", "stores the alphabet as one string: encode with str.find, decode by indexing the string")
+class CharVocabAlphabetString:
+    def __init__(self, chars):
+        seen = []
+        for ch in chars:
+            if not isinstance(ch, str) or len(ch) != 1:
+                raise ValueError(f"not a single character: {ch!r}")
+            if ch in seen:
+                raise ValueError(f"{ch!r} is listed twice")
+            seen.append(ch)
+        self.alphabet = "".join(seen)
+
+    @classmethod
+    def from_text(cls, text):
+        return cls("".join(sorted(set(text))))
+
+    def encode(self, text):
+        ids = np.empty(len(text), dtype=np.int64)
+        for k, ch in enumerate(text):
+            ids[k] = self.alphabet.find(ch)
+            if ids[k] < 0:
+                raise KeyError(f"no id for {ch!r}")
+        return ids
+
+    def decode(self, ids):
+        out = ""
+        for i in ids:
+            if not 0 <= i < len(self.alphabet):
+                raise KeyError(f"no character for id {i}")
+            out += self.alphabet[int(i)]
+        return out
+
+    def __len__(self):
+        return len(self.alphabet)
 
 
 @variant("CharVocab", "keeps the alphabet as an array of code points; encodes with np.searchsorted, no dict")

@@ -3,6 +3,20 @@
 Oracles here are plain NumPy written in this file (brute force, closed forms, central differences via
 ``checks.numerics.central_difference``), the hidden reference, and ``scipy.special.logsumexp`` when
 SciPy is installed. None of them calls the code under test.
+
+Checklist notes (CONTRACTS.md items that do not apply, and why):
+- State over time (6), module structure (7), randomness (8): every exercise is a pure function of its
+  arguments except CharVocab, whose only state is its two tables (checked: vocabularies stay independent,
+  and the same text gives the same ids in fresh processes, the one place where randomness, the per-process
+  string hash seed, can leak in).
+- Devices (3): NumPy only, there is no device. dtypes are checked: float32 in gives float64 out
+  everywhere, one_hot is float64, CharVocab.encode is int64 even when empty.
+- Size 0: a softmax/logsumexp/standardize over an empty axis has no value (NumPy's max of nothing
+  raises), so only size 0 along another axis is checked; mlp_loss_and_grads needs N >= 1 (a mean over
+  no examples is undefined). one_hot, pairwise_sq_distances and CharVocab are checked with empty inputs.
+- Errors (10): only one_hot (ValueError naming the index) and CharVocab (ValueError naming the bad
+  entry, KeyError naming the character or id) document errors; the other exercises document none.
+- linear_forward / linear_backward take no keyword arguments; mlp_loss_and_grads has none either.
 """
 
 from __future__ import annotations
@@ -29,12 +43,47 @@ from checks.numerics import (
     central_difference,
     compare_with_reference,
     describe,
+    error_report,
     format_call,
+    likely_cause,
 )
 
-pytestmark = pytest.mark.kata("w01_numpy")
+KATA = "w01_numpy"
+pytestmark = pytest.mark.kata(KATA)
 
 seeds = st.integers(0, 2**31 - 1)
+
+
+def _float64_array(call: str, out, shape: tuple[int, ...]) -> np.ndarray:
+    """Assert that ``out`` is a float64 NumPy array (a NumPy scalar for shape ()) of ``shape``; return it."""
+    assert isinstance(out, np.ndarray | np.generic), f"Called {call}. Returned {describe(out)}, expected a NumPy array."
+    assert out.shape == shape, f"Called {call}. Returned shape {out.shape}, expected {shape}."
+    assert out.dtype == np.float64, (
+        f"Called {call}. Returned dtype {out.dtype}, expected float64, because this module works in float64 "
+        "whatever the input dtype: convert first with np.asarray(x, dtype=np.float64)."
+    )
+    return np.asarray(out)
+
+
+def _assert_close_or_name_cause(actual, expected, *, symbol: str, run, call: str, because: str,
+                                 rtol: float = 1e-6, atol: float = 1e-9) -> None:
+    """assert_close that, on a mismatch, names the catalogued mistake whose ``run(candidate)`` gives ``actual``."""
+    if error_report(actual, expected, rtol, atol) is not None:
+        cause = likely_cause(KATA, symbol, run, actual, rtol=rtol, atol=atol)
+        assert_close(actual, expected, call=call, because=because, rtol=rtol, atol=atol, cause=cause)
+
+
+def _assert_untouched(call: str, name: str, pristine: np.ndarray, after: np.ndarray) -> None:
+    """The argument ``name`` must come back exactly as it was passed: values, shape and dtype."""
+    same = after.shape == pristine.shape and after.dtype == pristine.dtype and np.array_equal(after, pristine)
+    if not same:
+        changed = np.argwhere(after != pristine) if after.shape == pristine.shape else []
+        where = f" (first change at index {tuple(int(i) for i in changed[0])})" if len(changed) else ""
+        raise AssertionError(
+            f"Called {call}. Afterwards the argument {name} was {describe(after)}{where}, but it was passed as "
+            f"{describe(pristine)}. Never write into an argument: np.asarray(x, dtype=np.float64) of a float64 "
+            "array is that very array, so `x -= m` changes the caller's data; write `x = x - m`."
+        )
 
 
 # =========================================================================== softmax
@@ -89,6 +138,30 @@ def test_softmax_normalises_along_the_requested_axis(impl):
     e = np.exp(x - x.max(axis=0))
     assert_close(impl.softmax(x, axis=0), e / e.sum(axis=0), call=format_call("softmax", (x,), {"axis": 0}),
                  because="with axis=0 every column (not every row) must sum to 1.")
+
+
+@pytest.mark.exercise("softmax")
+def test_softmax_default_axis_dtype_views_and_untouched_input(impl):
+    view = (np.random.default_rng(0).standard_normal((3, 4)) * 3).T  # (4, 3), not contiguous
+    pristine = view.copy()
+    call = format_call("softmax", (view,))
+    out = _float64_array(call, impl.softmax(view), (4, 3))
+    _assert_untouched(call, "x", pristine, view)
+    e = np.exp(pristine - pristine.max(axis=1, keepdims=True))
+    _assert_close_or_name_cause(out, e / e.sum(axis=1, keepdims=True), symbol="softmax", call=call,
+                                run=lambda softmax: softmax(pristine.copy()),
+                                because="the default axis=-1 normalises the last axis: every row sums to 1.")
+
+    x32 = pristine.astype(np.float32)
+    call = format_call("softmax", (x32,), {"axis": 0})
+    out = _float64_array(call, impl.softmax(x32, axis=0), (4, 3))
+    x64 = x32.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=0))
+    assert_close(out, e / e.sum(axis=0), call=call, atol=1e-12,
+                 because="a float32 input is converted to float64 first and the softmax computed in float64.")
+
+    empty = np.zeros((0, 3))
+    _float64_array(format_call("softmax", (empty,)), impl.softmax(empty), (0, 3))  # no rows: nothing to normalise
 
 
 # =========================================================================== log_softmax / logsumexp
@@ -162,6 +235,36 @@ def test_log_softmax_survives_huge_gaps(impl):
                  because="log(softmax(x)) underflows to log(0) = -inf for large gaps; x - logsumexp(x) does not.")
 
 
+@pytest.mark.exercise("log_softmax")
+def test_log_softmax_and_logsumexp_defaults_dtype_views_and_untouched_input(impl):
+    view = (np.random.default_rng(1).standard_normal((3, 4)) * 3).T  # (4, 3), not contiguous
+    pristine = view.copy()
+    top = pristine.max(axis=1)
+    lse = top + np.log(np.exp(pristine - top[:, None]).sum(axis=1))  # the oracle, along the last axis
+
+    call = format_call("logsumexp", (view,))
+    out = _float64_array(call, impl.logsumexp(view), (4,))
+    _assert_untouched(call, "x", pristine, view)
+    assert_close(out, lse, call=call, atol=1e-12,
+                 because="the defaults are axis=-1 (the last axis) and keepdims=False (that axis removed).")
+    call = format_call("log_softmax", (view,))
+    out = _float64_array(call, impl.log_softmax(view), (4, 3))
+    _assert_untouched(call, "x", pristine, view)
+    assert_close(out, pristine - lse[:, None], call=call, atol=1e-12,
+                 because="the default axis=-1 normalises the last axis: log_softmax(x) = x - logsumexp(x) per row.")
+
+    x32 = pristine.astype(np.float32)
+    x64 = x32.astype(np.float64)
+    top = x64.max(axis=0, keepdims=True)
+    lse = top + np.log(np.exp(x64 - top).sum(axis=0, keepdims=True))
+    call = format_call("logsumexp", (x32,), {"axis": 0, "keepdims": True})
+    assert_close(_float64_array(call, impl.logsumexp(x32, axis=0, keepdims=True), (1, 3)), lse, call=call, atol=1e-12,
+                 because="a float32 input is converted to float64 first; keepdims=True keeps axis 0 with size 1.")
+    call = format_call("log_softmax", (x32,), {"axis": 0})
+    assert_close(_float64_array(call, impl.log_softmax(x32, axis=0), (4, 3)), x64 - lse, call=call, atol=1e-12,
+                 because="a float32 input is converted to float64 first.")
+
+
 # =========================================================================== one_hot
 
 
@@ -186,10 +289,7 @@ def test_one_hot_matches_reference(impl, reference, drawn):
 def test_one_hot_round_trips_through_argmax(impl, drawn):
     indices, num_classes = drawn
     call = format_call("one_hot", (indices, num_classes))
-    out = np.asarray(impl.one_hot(indices, num_classes))
-    expected_shape = indices.shape + (num_classes,)
-    assert out.shape == expected_shape, f"Called {call}. Returned shape {out.shape}, expected {expected_shape}."
-    assert np.issubdtype(out.dtype, np.floating), f"Called {call}. Returned dtype {out.dtype}, expected a float dtype."
+    out = _float64_array(call, impl.one_hot(indices, num_classes), indices.shape + (num_classes,))
     assert set(np.unique(out)) <= {0.0, 1.0}, f"Called {call}. Returned values {np.unique(out)}; only 0 and 1 allowed."
     assert_close(out.sum(axis=-1), np.ones(indices.shape), call=call, because="every row holds exactly one 1.")
     assert_close(out.argmax(axis=-1), indices, call=f"{call}.argmax(axis=-1)",
@@ -228,12 +328,34 @@ def test_one_hot_error_names_the_index(impl, bad):
 
 
 @pytest.mark.exercise("one_hot")
-def test_one_hot_of_nothing_and_of_floats(impl):
-    empty = np.zeros(0, dtype=np.int64)
-    out = np.asarray(impl.one_hot(empty, 4))
-    assert out.shape == (0, 4), f"Called one_hot(an empty int array, 4). Returned shape {out.shape}, expected (0, 4)."
-    with pytest.raises(ValueError):
-        impl.one_hot(np.array([0.0, 1.7]), 3)  # 1.7 is not a class: do not truncate it silently
+def test_one_hot_of_lists_other_int_dtypes_views_and_empty_inputs(impl):
+    call = "one_hot([2, 0, 1], 3)"
+    assert_close(_float64_array(call, impl.one_hot([2, 0, 1], 3), (3, 3)), np.eye(3)[[2, 0, 1]], call=call,
+                 because="a list of ints is fine: row k has its 1.0 at position indices[k].")
+    for dtype in (np.int32, np.uint8):
+        view = np.array([[1, 0, 2], [2, 2, 0]], dtype=dtype).T  # (3, 2), not contiguous
+        pristine = view.copy()
+        call = format_call("one_hot", (view, 3))
+        out = _float64_array(call, impl.one_hot(view, 3), (3, 2, 3))
+        _assert_untouched(call, "indices", pristine, view)
+        assert_close(out, np.eye(3)[pristine.astype(np.int64)], call=call,
+                     because=f"any integer dtype ({np.dtype(dtype).name} here) holds valid class indices.")
+    for empty in (np.zeros(0, dtype=np.int64), np.zeros((2, 0), dtype=np.int64), []):
+        call = format_call("one_hot", (empty, 4))
+        _float64_array(call, impl.one_hot(empty, 4), np.shape(empty) + (4,))  # empty, even [] (float64 in NumPy)
+
+
+@pytest.mark.exercise("one_hot")
+@pytest.mark.parametrize("bad", [np.array([0.0, 1.7]), np.array([1.0, 2.0]), np.array([True, False])],
+                         ids=["fractional floats", "whole floats", "booleans"])
+def test_one_hot_rejects_non_integer_arrays(impl, bad):
+    call = format_call("one_hot", (bad, 3))
+    try:
+        result = impl.one_hot(bad, 3)
+    except ValueError:
+        return
+    pytest.fail(f"Called {call}. Returned {describe(result)} instead of raising ValueError: the indices must be an "
+                f"integer array, and dtype {bad.dtype} is not one (1.7 is no class; True is no index).", pytrace=False)
 
 
 # =========================================================================== standardize
@@ -297,6 +419,26 @@ def test_standardize_small_spread_and_other_axes(impl):
     assert_close(impl.standardize(rows, axis=1), (rows - mu) / (sd + 1e-8),
                  call=format_call("standardize", (rows,), {"axis": 1}), atol=1e-9,
                  because="with axis=1 every row is standardised on its own (mean and std must broadcast per row).")
+
+
+@pytest.mark.exercise("standardize")
+def test_standardize_eps_dtype_views_and_untouched_input(impl):
+    x = np.array([[0.0, 1.0, 4.0], [2.0, 1.0, 0.0], [4.0, 1.0, 5.0], [6.0, 1.0, 3.0]])
+    view = x.T  # (3, 4), not contiguous; its rows are the columns of x
+    pristine = view.copy()
+    call = format_call("standardize", (view,), {"axis": 1, "eps": 0.5})
+    out = _float64_array(call, impl.standardize(view, axis=1, eps=0.5), (3, 4))
+    _assert_untouched(call, "x", pristine, view)
+    mean, std = pristine.mean(axis=1, keepdims=True), pristine.std(axis=1, keepdims=True)
+    _assert_close_or_name_cause(out, (pristine - mean) / (std + 0.5), symbol="standardize", call=call, atol=1e-12,
+                                run=lambda standardize: standardize(pristine.copy(), axis=1, eps=0.5),
+                                because="eps is an argument: (x - mean) / (std + eps) with the eps given (0.5 here).")
+
+    x32 = x.astype(np.float32)  # small integers: exactly the same values in float32
+    call = format_call("standardize", (x32,))
+    out = _float64_array(call, impl.standardize(x32), (4, 3))
+    assert_close(out, (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-8), call=call, atol=1e-12,
+                 because="a float32 input is converted to float64 first; the defaults are axis=0 and eps=1e-8.")
 
 
 # =========================================================================== pairwise_sq_distances
@@ -366,6 +508,28 @@ def test_pairwise_sq_distances_never_negative_for_near_duplicates(impl, seed):
     )
     assert_close(d, _brute_force_sq_distances(points, points), call="pairwise_sq_distances(a, a)",
                  atol=_distance_atol(points, points), rtol=1e-6, because="the values must still be the distances.")
+
+
+@pytest.mark.exercise("pairwise_sq_distances")
+def test_pairwise_sq_distances_dtype_views_empty_and_untouched_inputs(impl):
+    rng = np.random.default_rng(2)
+    a64 = rng.standard_normal((3, 2))
+    b64 = rng.standard_normal((2, 4)).T  # (4, 2), not contiguous
+    # Either set of points in float32 (values exactly representable in both), the other a float64 view.
+    for a, b in ((a64.astype(np.float32), b64), (a64, b64.T.astype(np.float32).T)):
+        a0, b0 = a.copy(), b.copy()
+        call = format_call("pairwise_sq_distances", (a, b))
+        out = _float64_array(call, impl.pairwise_sq_distances(a, b), (3, 4))
+        _assert_untouched(call, "a", a0, a)
+        _assert_untouched(call, "b", b0, b)
+        exact_a, exact_b = a0.astype(np.float64), b0.astype(np.float64)
+        assert_close(out, _brute_force_sq_distances(exact_a, exact_b), call=call, rtol=1e-9,
+                     atol=_distance_atol(exact_a, exact_b),
+                     because="float32 points are converted to float64 first (float32 rounding, ~1e-7, shows here); "
+                             "rows follow a, columns follow b, even when an argument is a transposed view.")
+    for empty_a, empty_b, shape in ((np.zeros((0, 2)), b64, (0, 4)), (a64, np.zeros((0, 2)), (3, 0))):
+        call = format_call("pairwise_sq_distances", (empty_a, empty_b))
+        _float64_array(call, impl.pairwise_sq_distances(empty_a, empty_b), shape)  # no points: no distances
 
 
 _OPENBLAS_THREAD_API = (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", ""))
@@ -512,6 +676,34 @@ def test_numerical_gradient_leaves_x_unchanged(impl, x):
     )
 
 
+@pytest.mark.exercise("numerical_gradient")
+def test_numerical_gradient_step_dtype_and_zero_d_input(impl):
+    # At x = 0 the derivative of v^3 is 0, but its central difference is ((eps)^3 - (-eps)^3) / (2 eps) = eps^2:
+    # the answer shows which step was used. Scaled by 1 / eps^2, it is exactly 1 for the step the call asks for.
+    zeros = np.zeros((2, 3))
+    for kwargs, eps in (({}, 1e-5), ({"eps": 1e-2}, 1e-2)):
+        call = format_call("numerical_gradient", (f"f = lambda v: np.sum(v ** 3) / {eps ** 2:g}", zeros), kwargs)
+        scaled_cube = lambda v, e=eps: float(np.sum(v**3)) / e**2
+        out = _float64_array(call, impl.numerical_gradient(scaled_cube, zeros, **kwargs), (2, 3))
+        which = "the eps passed in" if kwargs else "the documented default"
+        _assert_close_or_name_cause(
+            out, np.ones((2, 3)), symbol="numerical_gradient", call=call, rtol=1e-6,
+            run=lambda grad, f=scaled_cube, kw=kwargs: grad(f, zeros.copy(), **kw),
+            because=f"central differences of v^3 at 0 give eps^2, and the step must be eps = {eps:g} ({which}).",
+        )
+
+    scalar = np.array(3.0)
+    call = format_call("numerical_gradient", ("f = lambda v: np.sum(v ** 2)", scalar))
+    out = _float64_array(call, impl.numerical_gradient(lambda v: float(np.sum(v**2)), scalar), ())
+    assert_close(out, np.array(6.0), call=call, rtol=1e-8, because="a 0-D x has a 0-D gradient: d(v^2)/dv = 2v = 6.")
+
+    x32 = np.array([0.5, -1.0, 1.5], dtype=np.float32)
+    call = format_call("numerical_gradient", ("f = lambda v: np.sum(np.exp(v))", x32))
+    out = _float64_array(call, impl.numerical_gradient(_sum_exp, x32), (3,))
+    assert_close(out, np.exp(x32.astype(np.float64)), call=call, rtol=1e-6, atol=1e-8,
+                 because="perturb a float64 copy of a float32 x: in float32, 1.5 + 1e-5 is off by ~1% of the step.")
+
+
 # =========================================================================== mlp_loss_and_grads
 
 
@@ -545,6 +737,50 @@ def _mlp_call(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> st
     return f"mlp_loss_and_grads(params with {shapes}, x of shape {x.shape}, y = {y.tolist()})"
 
 
+def _oracle_mlp_grads(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The gradients in closed form, for inputs where central differences cannot be used (a pre-activation
+    exactly at the ReLU kink, logits 1e3 apart). The ReLU's derivative at 0 is 0, as the docstring says."""
+    z1 = x @ params["W1"] + params["b1"]
+    h = np.maximum(z1, 0.0)
+    logits = h @ params["W2"] + params["b2"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dlogits = e / e.sum(axis=1, keepdims=True)
+    dlogits[np.arange(len(y)), y] -= 1.0
+    dlogits /= len(y)
+    dz1 = (dlogits @ params["W2"].T) * (z1 > 0)
+    return {"W1": x.T @ dz1, "b1": dz1.sum(axis=0), "W2": h.T @ dlogits, "b2": dlogits.sum(axis=0)}
+
+
+def _loss_and_grads(impl, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
+    """Call mlp_loss_and_grads; check the inputs come back unchanged and the result has the documented form."""
+    call = _mlp_call(params, x, y)
+    pristine = ({k: v.copy() for k, v in params.items()}, x.copy(), y.copy())
+    result = impl.mlp_loss_and_grads(params, x, y)
+    assert isinstance(result, tuple | list) and len(result) == 2, (
+        f"Called {call}. Returned {describe(result)}, expected a pair (loss, grads)."
+    )
+    for name, before in pristine[0].items():
+        _assert_untouched(call, f"params[{name!r}]", before, params[name])
+    _assert_untouched(call, "x", pristine[1], x)
+    _assert_untouched(call, "y", pristine[2], y)
+    loss, grads = result
+    assert isinstance(loss, float), f"Called {call}. Returned loss {describe(loss)}, expected a Python float."
+    assert isinstance(grads, dict) and set(grads) == set(params), (
+        f"Called {call}. Returned gradients {describe(grads)}, expected a dict with the keys {sorted(params)}."
+    )
+    for name, grad in grads.items():
+        grad = np.asarray(grad)
+        assert grad.shape == params[name].shape, (
+            f"Called {call}. The gradient for {name} has shape {grad.shape}; it must have the shape of {name}, "
+            f"{params[name].shape}."
+        )
+        assert np.all(np.isfinite(grad)), (
+            f"Called {call}. The gradient for {name} holds non-finite values {grad[~np.isfinite(grad)][:4]}; every "
+            "gradient of a finite loss is finite (a division by the ReLU mask, or by 0, gives inf or nan)."
+        )
+    return loss, grads
+
+
 @pytest.mark.exercise("mlp_loss_and_grads")
 @given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), seeds)
 def test_linear_forward_is_affine(impl, n, d, h, seed):
@@ -560,8 +796,13 @@ def test_linear_backward_matches_central_differences(impl, n, d, h, seed):
     rng = np.random.default_rng(seed)
     x, W, b, dout = (rng.standard_normal(s) for s in ((n, d), (d, h), (h,), (n, h)))
     call = format_call("linear_backward", (dout, x, W))
+    pristine = {"dout": dout.copy(), "x": x.copy(), "W": W.copy()}
     grads = impl.linear_backward(dout, x, W)
-    assert len(grads) == 3, f"Called {call}. Returned {len(grads)} values, expected (dx, dW, db)."
+    assert isinstance(grads, tuple | list) and len(grads) == 3, (
+        f"Called {call}. Returned {describe(grads)}, expected the three gradients (dx, dW, db)."
+    )
+    for name, after in (("dout", dout), ("x", x), ("W", W)):
+        _assert_untouched(call, name, pristine[name], after)
     dx, dW, db = grads
 
     # L = sum(dout * (x @ W + b)) has exactly dout as its gradient with respect to the layer's output.
@@ -585,14 +826,9 @@ def test_linear_backward_matches_central_differences(impl, n, d, h, seed):
 def test_mlp_gradients_match_central_differences(impl, problem):
     params, x, y = problem
     call = _mlp_call(params, x, y)
-    originals = {k: v.copy() for k, v in params.items()}
-    loss, grads = impl.mlp_loss_and_grads(params, x, y)
-    assert all(np.array_equal(params[k], originals[k]) for k in params), f"Called {call}. It modified params."
+    loss, grads = _loss_and_grads(impl, params, x, y)
     assert_close(loss, _oracle_mlp_loss(params, x, y), call=call, rtol=1e-9, atol=1e-12,
                  because="the loss is the *mean* over the batch of -log softmax(logits)[y].")
-    assert set(grads) == set(params), (
-        f"Called {call}. Returned gradients for {sorted(grads)}, expected {sorted(params)}."
-    )
     for name in ("W2", "b2", "W1", "b1"):
 
         def loss_of(value, name=name):
@@ -607,7 +843,7 @@ def test_mlp_known_values(impl):
     # Hand-checkable: with zero second-layer weights the logits are b2 for every example.
     params = {"W1": np.array([[1.0, -1.0]]), "b1": np.zeros(2), "W2": np.zeros((2, 3)), "b2": np.zeros(3)}
     x, y = np.array([[2.0], [-1.0]]), np.array([0, 2])
-    loss, grads = impl.mlp_loss_and_grads(params, x, y)
+    loss, grads = _loss_and_grads(impl, params, x, y)
     call = _mlp_call(params, x, y)
     assert_close(loss, np.log(3.0), call=call, because="uniform logits over 3 classes give cross-entropy log 3.")
     # dlogits = (1/3 - onehot) / 2; h = [[2, 0], [0, 1]]; dW2 = h.T @ dlogits
@@ -616,6 +852,34 @@ def test_mlp_known_values(impl):
                  because="db2 sums (softmax - onehot) / N over the batch: divide by N once, not twice.")
     assert_close(grads["W2"], np.array([[2.0, 0.0], [0.0, 1.0]]).T @ dlogits, call=call,
                  because="dW2 = h.T @ dlogits, with h the ReLU output (negative pre-activations zeroed).")
+    for name in ("W1", "b1"):
+        assert_close(grads[name], np.zeros_like(params[name]), call=call,
+                     because="W2 = 0 blocks every path back to the first layer: dh = dlogits @ W2.T = 0.")
+
+
+@pytest.mark.exercise("mlp_loss_and_grads")
+def test_mlp_relu_kink_and_confident_wrong_answers(impl):
+    # Example 0 has x = 0 and b1 = 0: both hidden units sit exactly at the kink z1 = 0, where the docstring
+    # says no gradient flows (mask z1 > 0). Example 1 has one active unit and one inactive one.
+    params = {"W1": np.array([[1.0, -1.0]]), "b1": np.zeros(2),
+              "W2": np.array([[1.0, -2.0, 0.5], [0.5, 1.0, -1.0]]), "b2": np.array([0.1, 0.0, -0.1])}
+    x, y = np.array([[0.0], [2.0]]), np.array([1, 0])
+    # Logits 1e3 apart in some rows only: example 0 of the second problem is confidently wrong (its true class
+    # scores 2000 below the best: -log p = 2000, where softmax underflows to 0 and log(0) = -inf), example 1
+    # is uniform, example 2 confidently right.
+    confident = {"W1": np.array([[1.0, -1.0]]), "b1": np.zeros(2),
+                 "W2": np.array([[1e3, -1e3, 0.0], [0.0, 0.0, 0.0]]), "b2": np.zeros(3)}
+    x2, y2 = np.array([[1.0], [-1.0], [0.5]]), np.array([1, 2, 0])
+    for p, xs, ys, why in (
+        (params, x, y, "at z1 == 0 exactly the ReLU passes no gradient: mask with z1 > 0, not z1 >= 0."),
+        (confident, x2, y2, "a logit gap of 1e3 must give a finite loss (about 2000 for that example): "
+                                   "use log_softmax, not log(softmax), which is log(0) = -inf there."),
+    ):
+        call = _mlp_call(p, xs, ys)
+        loss, grads = _loss_and_grads(impl, p, xs, ys)
+        assert_close(loss, _oracle_mlp_loss(p, xs, ys), call=call, rtol=1e-9, atol=1e-12, because=why)
+        for name, expected in _oracle_mlp_grads(p, xs, ys).items():
+            assert_close(grads[name], expected, call=f"{call}, gradient {name}", rtol=1e-9, atol=1e-12, because=why)
 
 
 # =========================================================================== CharVocab
@@ -627,15 +891,15 @@ def test_charvocab_round_trips(impl, text, data):
     vocab = impl.CharVocab.from_text(text)
     chars = sorted(set(text))
     s = data.draw(st.text(alphabet=st.sampled_from(chars), max_size=40), label="s")
-    ids = vocab.encode(s)
-    arr = np.asarray(ids)
-    assert arr.shape == (len(s),) and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)), (
-        f"CharVocab.from_text({text!r}).encode({s!r}) returned {describe(ids)}; expected an integer array with one "
-        "id per character."
-    )
+    ids = _int64_ids(f"CharVocab.from_text({text!r}).encode({s!r})", vocab.encode(s), len(s))
     back = vocab.decode(ids)
     assert back == s, (
         f"vocab = CharVocab.from_text({text!r}); vocab.decode(vocab.encode({s!r})) returned {back!r}, expected {s!r}."
+    )
+    back = vocab.decode(int(i) for i in ids.tolist())
+    assert back == s, (
+        f"vocab = CharVocab.from_text({text!r}); vocab.decode(a generator of the ids of {s!r}) returned {back!r}, "
+        f"expected {s!r}. decode takes any iterable; a generator can be walked only once."
     )
 
 
@@ -677,6 +941,15 @@ vocab = cls.from_text(text)
 print(json.dumps({"order": [vocab.decode([i]) for i in range(len(vocab))],
                   "ids": [int(i) for i in vocab.encode(text)]}))
 """
+
+
+def _int64_ids(call: str, ids, n: int) -> np.ndarray:
+    """Assert that ``ids`` is an int64 NumPy array of n ids (the documented type of ``encode``)."""
+    assert isinstance(ids, np.ndarray) and ids.shape == (n,) and ids.dtype == np.int64, (
+        f"Called {call}. Returned {describe(ids)}; expected an int64 NumPy array of shape ({n},), one id per "
+        "character (int64 even when empty: np.array([]) alone is float64)."
+    )
+    return ids
 
 
 def _vocab_in_fresh_processes(cls: type, text: str, hash_seeds: tuple[str, ...]) -> dict[str, dict]:
@@ -764,13 +1037,56 @@ def test_charvocab_decode_rejects_unknown_ids(impl, bad):
 
 @pytest.mark.exercise("CharVocab")
 def test_charvocab_constructor_keeps_the_given_order(impl):
-    vocab = impl.CharVocab(["b", "a", "c"])
+    chars = ["b", "a", "c"]
+    vocab = impl.CharVocab(chars)
+    assert chars == ["b", "a", "c"], f"CharVocab(['b', 'a', 'c']) changed its argument to {chars!r}."
     assert len(vocab) == 3, f"len(CharVocab(['b', 'a', 'c'])) is {len(vocab)}, expected 3."
-    assert_close(np.asarray(vocab.encode("abc")).reshape(-1), np.array([1, 0, 2]),
-                 call="CharVocab(['b', 'a', 'c']).encode('abc')", because="CharVocab(chars) gives chars[i] the id i.")
-    with pytest.raises(ValueError):
-        impl.CharVocab(["a", "b", "a"])  # a duplicate would make two ids decode to the same character
-    empty = impl.CharVocab.from_text("")
-    assert len(empty) == 0 and np.asarray(empty.encode("")).shape == (0,) and empty.decode([]) == "", (
-        "CharVocab.from_text('') must be an empty vocabulary: len 0, encode('') an empty array, decode([]) ''."
-    )
+    ids = _int64_ids("CharVocab(['b', 'a', 'c']).encode('abc')", vocab.encode("abc"), 3)
+    assert_close(ids, np.array([1, 0, 2]), call="CharVocab(['b', 'a', 'c']).encode('abc')",
+                 because="CharVocab(chars) gives chars[i] the id i.")
+    back = impl.CharVocab(("b", "a", "c")).decode([0, 1, 2])
+    assert back == "bac", f"CharVocab(('b', 'a', 'c')).decode([0, 1, 2]) returned {back!r}, expected 'bac' (a tuple)."
+    for call, empty in (("CharVocab.from_text('')", impl.CharVocab.from_text("")),
+                        ("CharVocab([])", impl.CharVocab([]))):
+        assert len(empty) == 0 and empty.decode([]) == "", f"{call} must be an empty vocabulary: len 0, decode([]) ''."
+        _int64_ids(f"{call}.encode('')", empty.encode(""), 0)
+    _int64_ids("CharVocab.from_text('abc').encode('')", impl.CharVocab.from_text("abc").encode(""), 0)
+
+
+@pytest.mark.exercise("CharVocab")
+@pytest.mark.parametrize(("chars", "offending"), [
+    (["x", "Q", "y", "Q"], "Q"),  # a duplicate would make two ids decode to the same character
+    (["a", "bc"], "bc"),
+    (["a", 7], "7"),
+    (["a", ""], None),  # the empty string: nothing visible to name
+], ids=["duplicate", "two characters", "not a string", "empty string"])
+def test_charvocab_constructor_rejects_bad_entries(impl, chars, offending):
+    call = f"CharVocab({chars!r})"
+    try:
+        vocab = impl.CharVocab(chars)
+    except ValueError as err:
+        assert offending is None or offending in str(err), (
+            f"Called {call}. It raised ValueError({str(err)!r}), which does not name the offending entry "
+            f"{offending!r}; name it so the caller can find it."
+        )
+        return
+    pytest.fail(f"Called {call}. Returned a vocabulary of length {len(vocab)} instead of raising ValueError: every "
+                "entry must be a string of exactly one character, and no character may appear twice.", pytrace=False)
+
+
+@pytest.mark.exercise("CharVocab")
+def test_charvocabs_are_independent(impl):
+    first = impl.CharVocab.from_text("cab")
+    impl.CharVocab.from_text("xyz ab")
+    impl.CharVocab(["q"])
+    call = "first = CharVocab.from_text('cab'); CharVocab.from_text('xyz ab'); CharVocab(['q']); first"
+    assert len(first) == 3, f"Called {call}. len(first) is {len(first)}, expected 3: a later vocabulary changed it."
+    ids = _int64_ids(f"{call}.encode('cab')", first.encode("cab"), 3)
+    assert_close(ids, np.array([2, 0, 1]), call=f"{call}.encode('cab')",
+                 because="building other vocabularies must not change this one (keep the tables on the instance).")
+    try:
+        leaked = first.encode("x")
+    except KeyError:
+        return
+    pytest.fail(f"Called {call}.encode('x'). Returned {describe(leaked)}: 'x' belongs to another vocabulary, so this "
+                "one must raise KeyError (tables shared between instances leak characters).", pytrace=False)

@@ -8,7 +8,10 @@ Rules for the whole module:
 - NumPy only. Do not import torch (or any other deep-learning library) here.
 - No Python loops over array elements where a vectorised expression exists (``numerical_gradient``
   and ``CharVocab`` are the exceptions: they loop by nature).
-- Work in float64 unless told otherwise; the checks compare with tight tolerances.
+- Work in float64 unless told otherwise; the checks compare with tight tolerances. A float32 input
+  still gives a float64 result (``np.asarray(x, dtype=np.float64)`` first).
+- Never modify an argument in place: the caller's arrays come back unchanged (``x -= ...`` on the
+  caller's float64 array writes into it).
 
 Run the checks of one exercise with ``kata check w01_numpy.softmax``; ``kata hint w01_numpy.softmax``
 gives a staged hint.
@@ -121,7 +124,8 @@ def one_hot(indices: np.ndarray, num_classes: int) -> np.ndarray:
         - An index ``>= num_classes`` or ``< 0`` raises ``ValueError`` whose message names the index.
           Beware: NumPy fancy indexing (``np.eye(C)[indices]``) *silently wraps* a negative index
           (-1 becomes C - 1), which turns a bug upstream into a wrong label downstream.
-        - A non-integer array (floats, booleans) raises ``ValueError`` as well; an empty array is fine.
+        - A non-integer array (floats, booleans) raises ``ValueError`` as well; an empty array is fine
+          (even an empty list, which NumPy makes a float64 array): the result has shape ``(0, C)``.
 
     Example:
         >>> one_hot(np.array([0, 2]), 3)
@@ -291,11 +295,14 @@ def mlp_loss_and_grads(
     Rules:
         - Backward, in reverse order: dlogits = (softmax(logits) - one_hot(y)) / N, then
           ``linear_backward`` through layer 2, then the ReLU (the gradient only flows where z1 > 0),
-          then ``linear_backward`` through layer 1.
+          then ``linear_backward`` through layer 1. At z1 == 0 exactly the ReLU passes nothing (its
+          derivative there is taken as 0, as in PyTorch): mask with ``z1 > 0``, not ``z1 >= 0``.
         - The 1/N of the mean appears exactly once (in dlogits); dividing again anywhere else scales
           every gradient by 1/N too many.
-        - Use your ``log_softmax`` (stable) for the loss; your ``softmax``, ``one_hot``,
+        - Use your ``log_softmax`` (stable) for the loss: a confident wrong answer (a logit gap of
+          1e3) must give a large finite loss, not ``inf``. Your ``softmax``, ``one_hot``,
           ``linear_forward`` and ``linear_backward`` are welcome too.
+        - Do not modify ``params``, ``x`` or ``y``.
         - The checks compare every gradient with central differences in float64 (rel. error < 1e-6).
     """
     # TODO(w01_numpy.mlp_loss_and_grads): write your implementation here.
@@ -320,14 +327,20 @@ class CharVocab:
     point (``sorted(set(text))``), so the same text always gives the same vocabulary.
 
     Methods:
-        ``CharVocab(chars)``: a vocabulary whose id i is ``chars[i]`` (given order kept). Every entry
-            must be one character, no duplicates (``ValueError`` otherwise).
+        ``CharVocab(chars)``: a vocabulary whose id i is ``chars[i]`` (given order kept; ``chars`` is
+            any sequence, e.g. a list or a tuple, and is not modified). Every entry must be a string of
+            exactly one character, with no duplicates: otherwise ``ValueError`` naming the offending
+            entry (the non-character, or the character that appears twice).
         ``CharVocab.from_text(text)``: the distinct characters of ``text`` sorted by code point.
-        ``encode(text)``: int64 array of ids, one per character. A character that is not in the
-            vocabulary raises ``KeyError`` naming it (never a silent 0).
-        ``decode(ids)``: the string for an iterable of ids (a list or an int array). An id outside
+        ``encode(text)``: int64 array of ids, one per character (int64 even for an empty text,
+            where ``np.array([])`` would be float64). A character that is not in the vocabulary raises
+            ``KeyError`` naming it (never a silent 0).
+        ``decode(ids)``: the string for an iterable of ids (a list, an int array, a generator). An id outside
             ``0 .. len(vocab) - 1`` raises ``KeyError`` naming the id (a list index would wrap -1).
         ``len(vocab)``: the number of distinct characters.
+
+    Every vocabulary is independent: building a second one never changes the first (keep the tables
+    on the instance, not in class attributes).
 
     Example:
         >>> vocab = CharVocab.from_text("hello")
