@@ -50,6 +50,20 @@ def text_length_stats_mutates_input(df, text_col="text", by=None):
     return df.groupby(by)["length"].describe()
 
 
+@mistake("text_length_stats", "builds pd.Series([len(t) for t in ...]) (labelled 0, 1, 2, ...) and assigns it to a "
+         "frame with another index: the lengths land on the wrong rows, or become NaN")
+def text_length_stats_positional_lengths(df, text_col="text", by=None):
+    if len(df) == 0:
+        raise ValueError("the frame is empty")
+    for column in (text_col, by):
+        if column is not None and column not in df.columns:
+            raise ValueError(f"{column!r} is not a column")
+    lengths = pd.Series([len(text) for text in df[text_col]], name="length")
+    if by is None:
+        return lengths.describe()
+    return df.assign(length=lengths).groupby(by)["length"].describe()
+
+
 @mistake("text_length_stats", "strips surrounding whitespace before counting, so spaces and newlines are not counted")
 def text_length_stats_strips(df, text_col="text", by=None):
     if len(df) == 0:
@@ -181,6 +195,31 @@ def plot_length_histogram_swapped_labels(lengths, bins=50, title="Distribution o
     return fig
 
 
+@mistake("plot_length_histogram", "anchors the bins at 0 (range=(0, max(lengths))) instead of spanning [min, max]")
+def plot_length_histogram_from_zero(lengths, bins=50, title="Distribution of Text Lengths"):
+    values = _check_plot_input(lengths, bins)
+    fig = Figure()
+    ax = fig.subplots()
+    ax.hist(values, bins=bins, range=(0, values.max()))
+    _decorate(ax, title)
+    return fig
+
+
+@mistake("plot_length_histogram", "sorts the lengths in place: np.asarray(array) is the caller's array, now sorted")
+def plot_length_histogram_sorts_input(lengths, bins=50, title="Distribution of Text Lengths"):
+    values = np.asarray(lengths)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("lengths must be a non-empty 1-D sequence")
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    values.sort()  # to read off min and max; but a list or Series gave a copy, an array did not
+    fig = Figure()
+    ax = fig.subplots()
+    ax.hist(values, bins=bins, range=(values[0], values[-1]))
+    _decorate(ax, title)
+    return fig
+
+
 @variant("plot_length_histogram", "np.histogram + ax.bar on a figure from plt.subplots, detached with plt.close(fig)")
 def plot_length_histogram_bar(lengths, bins=50, title="Distribution of Text Lengths"):
     values = _check_plot_input(lengths, bins)
@@ -233,6 +272,21 @@ class TextDatasetPairs(torch.utils.data.Dataset):
         return self.pairs[idx]
 
 
+@variant("TextDataset", "keeps object pandas Series renumbered 0..n-1 and reads them by position with .iloc")
+class TextDatasetIloc(torch.utils.data.Dataset):
+    def __init__(self, texts, labels):
+        self.texts = pd.Series(list(texts), dtype=object)
+        self.labels = pd.Series(list(labels), dtype=object)
+        if len(self.texts) != len(self.labels):
+            raise ValueError(f"{len(self.texts)} texts, {len(self.labels)} labels")
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, idx):
+        return self.texts.iloc[idx], self.labels.iloc[idx]  # .iloc raises IndexError past the end
+
+
 # --- CharWindowDataset --------------------------------------------------------------------------
 
 
@@ -262,6 +316,29 @@ class CharWindowDatasetFloat(CharWindowDataset):
         return x.float(), y.float()
 
 
+@mistake("CharWindowDataset", "keeps the ids' own dtype (torch.as_tensor(ids), no dtype): int32 ids give int32 windows")
+class CharWindowDatasetKeepsDtype(CharWindowDataset):
+    def __init__(self, ids, block_size):
+        super().__init__(ids, block_size)
+        self.data = torch.as_tensor(ids)
+
+
+@mistake("CharWindowDataset", "keeps the caller's tensor (torch.as_tensor of a long tensor is no copy): changing ids "
+         "afterwards changes the windows")
+class CharWindowDatasetAliases(CharWindowDataset):
+    def __init__(self, ids, block_size):
+        super().__init__(ids, block_size)
+        self.data = torch.as_tensor(ids, dtype=torch.long)
+
+
+@mistake("CharWindowDataset", "rejects negative indices (0 <= idx < len only): ds[-1] raises, not the last window")
+class CharWindowDatasetNoNegative(CharWindowDataset):
+    def __getitem__(self, idx):
+        if not 0 <= idx < len(self):
+            raise IndexError(f"window index {idx} out of range")
+        return super().__getitem__(idx)
+
+
 @variant("CharWindowDataset", "precomputes every window at once with Tensor.unfold(0, block_size + 1, 1)")
 class CharWindowDatasetUnfold(torch.utils.data.Dataset):
     def __init__(self, ids, block_size):
@@ -278,6 +355,25 @@ class CharWindowDatasetUnfold(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         window = self.windows[idx]  # tensor indexing raises IndexError out of range
         return window[:-1].clone(), window[1:].clone()
+
+
+@variant("CharWindowDataset", "keeps a list of ints, builds window tensors on demand; range() resolves the index")
+class CharWindowDatasetList(torch.utils.data.Dataset):
+    def __init__(self, ids, block_size):
+        self.ids = [int(i) for i in ids]  # a copy, whatever `ids` was
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} is not positive")
+        if len(self.ids) < block_size + 1:
+            raise ValueError(f"a window needs {block_size + 1} ids, got {len(self.ids)}")
+        self.block_size = block_size
+
+    def __len__(self):
+        return len(self.ids) - self.block_size
+
+    def __getitem__(self, idx):
+        start = range(len(self))[idx]  # negative from the end, IndexError outside, as for a list
+        window = self.ids[start : start + self.block_size + 1]
+        return torch.tensor(window[:-1], dtype=torch.long), torch.tensor(window[1:], dtype=torch.long)
 
 
 # --- pad_collate --------------------------------------------------------------------------------
@@ -320,6 +416,31 @@ def pad_collate_ignores_pad_id(batch, pad_id=0):
     from reference.phase1.w05_data import pad_collate
 
     return pad_collate(batch, 0)
+
+
+@mistake("pad_collate", "sorts the batch by length in place, longest first (as for pack_padded_sequence): rows no "
+         "longer follow the batch, and the caller's list is reordered")
+def pad_collate_sorts_by_length(batch, pad_id=0):
+    from reference.phase1.w05_data import pad_collate
+
+    batch.sort(key=len, reverse=True)
+    return pad_collate(batch, pad_id)
+
+
+@mistake("pad_collate", "pads the caller's lists in place (seq += [pad_id] * ...), so every sequence comes back longer")
+def pad_collate_pads_in_place(batch, pad_id=0):
+    if len(batch) == 0:
+        raise ValueError("empty batch")
+    lengths = torch.tensor([len(s) for s in batch], dtype=torch.long)
+    width = int(lengths.max())
+    rows = []
+    for seq in batch:
+        if isinstance(seq, torch.Tensor):
+            seq = seq.tolist()
+        seq += [pad_id] * (width - len(seq))
+        rows.append(seq)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return torch.tensor(rows, dtype=torch.long).reshape(len(batch), width), mask, lengths
 
 
 @variant("pad_collate", "torch.nn.utils.rnn.pad_sequence, and a mask from arange(T) < lengths")
@@ -375,6 +496,23 @@ def train_val_split_seeds_global(n, val_fraction=0.1, seed=0):
 def train_val_split_unshuffled(n, val_fraction=0.1, seed=0):
     n_val = _check_split_args(n, val_fraction)
     return list(range(n - n_val)), list(range(n - n_val, n))
+
+
+@mistake("train_val_split", "truncates with int(n * val_fraction) instead of round(): 10 * 0.29 gives 2, not 3")
+def train_val_split_truncates(n, val_fraction=0.1, seed=0):
+    _check_split_args(n, val_fraction)
+    n_val = int(n * val_fraction)
+    if n_val == 0:
+        raise ValueError(f"val_fraction={val_fraction} leaves a side empty")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return perm[n_val:], perm[:n_val]
+
+
+@mistake("train_val_split", "returns slices of the permutation tensor, not lists of Python ints")
+def train_val_split_tensors(n, val_fraction=0.1, seed=0):
+    n_val = _check_split_args(n, val_fraction)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:], perm[:n_val]
 
 
 @variant("train_val_split", "numpy's np.random.default_rng(seed), val drawn with choice(replace=False), both sorted")

@@ -4,6 +4,24 @@ Oracles are written here, independently of the code under test: numpy's describe
 statistics, ``np.histogram`` for the bars, slicing for the windows and the padding, set algebra for the
 split. Nothing random uses the global RNG; checks that seed it on purpose (to prove that the code under
 test does not depend on it) restore it afterwards.
+
+Checklist notes (CONTRACTS.md items that do not apply, and why):
+- Devices and float dtypes (3): everything here is CPU data plumbing on integer ids, strings and frames;
+  the integer dtypes that do apply (int32 ids in, torch.long out) are checked.
+- Module structure (7): no nn.Module and no parameters in this kata.
+- Numerics at scale (9): lengths and ids are small integers and the statistics are pandas' own; the
+  float comparisons are of describe() results against numpy in float64.
+- State over time (6): only make_dataloader has state (a new permutation per epoch, the same epochs for
+  the same seed); CharWindowDataset's copy of ids is checked against a later change of the caller's ids.
+- Randomness (8): text_length_stats, the plot, both datasets and pad_collate draw nothing.
+  train_val_split and make_dataloader are checked for the global RNGs left untouched, reproducibility
+  whatever the global state, and different seeds giving different results. The exact permutation for a
+  seed is not contract (torch and numpy generators are both allowed), so nothing compares it with the
+  reference's.
+- Errors (10): each documented ValueError is triggered and must name the offending value (the column,
+  both lengths, block_size, val_fraction, n); bools for ints are not documented for any exercise.
+- Batch dimensions (2): pad_collate's batch is the only batch dimension; ids and lengths are 1-D by
+  contract.
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -53,12 +71,17 @@ class _Raw:
 
 def _show(value, limit: int = 400) -> str:
     """An argument as (nearly) copy-pasteable Python: frames as a dict of columns, tensors as lists."""
-    if isinstance(value, pd.DataFrame):
+    if isinstance(value, np.ndarray):
+        text = f"np.array({value.tolist()!r})"
+    elif isinstance(value, pd.Series):
+        text = f"pd.Series({value.tolist()!r}, index={value.index.tolist()!r})"
+    elif isinstance(value, pd.DataFrame):
         text = f"pd.DataFrame({ {c: value[c].tolist() for c in value.columns}!r})"
         if not value.index.equals(pd.RangeIndex(len(value))):
             text = text[:-1] + f", index={value.index.tolist()!r})"
     elif isinstance(value, torch.Tensor):
-        text = f"torch.tensor({value.tolist()!r})"
+        dtype = "" if value.dtype == torch.long else f", dtype={value.dtype}"
+        text = f"torch.tensor({value.tolist()!r}{dtype})"
     elif isinstance(value, list | tuple) and any(isinstance(v, torch.Tensor) for v in value):
         text = "[" + ", ".join(_show(v, limit) for v in value) + "]"
     elif isinstance(value, _Raw | int | float | str | list | tuple | type(None)):
@@ -140,14 +163,21 @@ _UNICODE_LANGS = ["fr", "ja", "emoji", "fr", "en", "el", "en"]
 
 @st.composite
 def _text_frames(draw, grouped: bool = False):
-    """A frame with a text column (named "text" or "review"), a numeric column and maybe a "lang"."""
+    """A frame with a text column (named "text" or "review"), a numeric column and maybe a "lang".
+
+    Half the frames have the index of a filtered frame (unique labels, with gaps, in any order), so
+    that lengths paired with rows by position rather than by label show.
+    """
     n = draw(st.integers(1, 12))
     text_col = draw(st.sampled_from(["text", "review"]))
     column = st.lists(st.text(max_size=16), min_size=n, max_size=n)
     data = {text_col: draw(column), "stars": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n))}
     if grouped:
         data["lang"] = draw(st.lists(st.sampled_from(_LANGS), min_size=n, max_size=n))
-    return pd.DataFrame(data), text_col
+    index = None
+    if draw(st.booleans()):
+        index = draw(st.lists(st.integers(1, 99), min_size=n, max_size=n, unique=True))
+    return pd.DataFrame(data, index=index), text_col
 
 
 def _oracle_describe(values) -> list[float]:
@@ -191,7 +221,8 @@ def _assert_same_stats(actual, expected, *, call: str, because: str, cause: str 
     if not np.array_equal(nan_got, nan_want):
         raise AssertionError(
             f"Called {call}.\nReturned {got.tolist()},\nexpected {want.tolist()}: NaN in the wrong places, because "
-            "only std is NaN, and only for a group of one text (pandas uses ddof=1)."
+            "every length is a number, so only std can be NaN, and only for a group of one text (pandas uses "
+            "ddof=1). A NaN length comes from pairing lengths with row labels the frame does not have."
             + (f"\nLikely cause: {cause}" if cause else "")
         )
     # NaN == NaN here (checked above); compare the rest.
@@ -229,10 +260,10 @@ def test_text_length_stats_matches_reference(impl, reference, frame):
 
 @pytest.mark.exercise("text_length_stats")
 @settings(max_examples=20)
-@given(_text_frames(grouped=True))
-def test_text_length_stats_by_group_matches_reference(impl, reference, frame):
+@given(_text_frames(grouped=True), st.sampled_from(["lang", "stars"]))
+def test_text_length_stats_by_group_matches_reference(impl, reference, frame, by):
     df, text_col = frame
-    _compare_stats(impl, reference, df, text_col=text_col, by="lang")
+    _compare_stats(impl, reference, df, text_col=text_col, by=by)
 
 
 @pytest.mark.exercise("text_length_stats")
@@ -363,6 +394,7 @@ def test_plot_length_histogram_title_and_labels(impl):
 @pytest.mark.exercise("plot_length_histogram")
 @settings(max_examples=10)
 @given(_LENGTHS, st.integers(1, 25))
+@example([3, 5, 5, 8], 2)  # the docstring's example: bins from 3 to 8, not from 0
 def test_plot_length_histogram_bars_are_the_histogram(impl, lengths, bins):
     fig, call = _plot(impl, lengths, bins=bins)
     bars = _bars(_single_axes(fig, call))
@@ -384,6 +416,31 @@ def test_plot_length_histogram_bars_are_the_histogram(impl, lengths, bins):
 
 
 @pytest.mark.exercise("plot_length_histogram")
+def test_plot_length_histogram_leaves_its_input_alone(impl):
+    # Unsorted on purpose: sorting is the likely in-place edit. An array is the risky input, because
+    # np.asarray(array) returns that very array; a list and a Series are checked too.
+    inputs = {
+        "an array": np.array([9, 2, 7, 2, 30, 1]),
+        "a float array": np.array([4.5, 0.5, 3.0]),
+        "a list": [9, 2, 7, 2, 30, 1],
+        "a Series": pd.Series([9, 2, 7], index=[5, 3, 8]),
+    }
+    for kind, lengths in inputs.items():
+        pristine = lengths.copy()
+        fig, call = _plot(impl, lengths, bins=3)
+        if isinstance(lengths, pd.Series):
+            same = lengths.equals(pristine) and lengths.index.equals(pristine.index)
+        else:
+            same = type(lengths) is type(pristine) and np.array_equal(lengths, pristine)
+            same = same and np.asarray(lengths).dtype == np.asarray(pristine).dtype
+        assert same, (
+            f"Called {call} with {kind}.\nAfterwards the caller's lengths are {_show(lengths)}, expected them "
+            f"unchanged: {_show(pristine)}, because the function must not modify its input (np.asarray of an "
+            "array is that array; sort a copy, if you sort)."
+        )
+
+
+@pytest.mark.exercise("plot_length_histogram")
 def test_plot_length_histogram_default_bins_and_a_series(impl):
     lengths = pd.Series([len(t) for t in _UNICODE_TEXTS] * 20, index=range(100, 100 + 20 * len(_UNICODE_TEXTS)))
     fig, call = _plot(impl, lengths)
@@ -398,8 +455,9 @@ def test_plot_length_histogram_default_bins_and_a_series(impl):
 def test_plot_length_histogram_rejects_bad_input(impl):
     _expect_value_error(impl.plot_length_histogram, "plot_length_histogram", [], match=".",
                         because="there is no histogram of no lengths.")
-    _expect_value_error(impl.plot_length_histogram, "plot_length_histogram", [1, 2, 3], bins=0, match="0|bins",
-                        because="a histogram needs at least one bin.")
+    for bins in (0, -2):
+        _expect_value_error(impl.plot_length_histogram, "plot_length_histogram", [1, 2, 3], bins=bins,
+                            match=f"{bins}|bins", because="a histogram needs at least one bin.")
 
 
 # --- TextDataset --------------------------------------------------------------------------------
@@ -415,12 +473,15 @@ def test_text_dataset_len_and_getitem(impl, pairs):
     texts, labels = [t for t, _ in pairs], [y for _, y in pairs]
     ds = impl.TextDataset(texts, labels)
     call = _pairs_call(len(pairs))
+    assert (texts, labels) == ([t for t, _ in pairs], [y for _, y in pairs]), (
+        f"Called {call}.\nAfterwards texts is {texts!r} and labels {labels!r}, expected both unchanged."
+    )
     assert isinstance(ds, Dataset), f"Called {call}.\nGot a {type(ds).__name__}, expected a torch Dataset subclass."
     assert len(ds) == len(pairs), f"Called len({call}).\nReturned {len(ds)}, expected {len(pairs)}."
     for i, pair in enumerate(pairs):
         got = ds[i]
-        assert tuple(got) == pair, (
-            f"Called {call}[{i}].\nReturned {got!r}, expected (texts[{i}], labels[{i}]) = {pair!r}."
+        assert isinstance(got, tuple) and got == pair, (
+            f"Called {call}[{i}].\nReturned {got!r}, expected the tuple (texts[{i}], labels[{i}]) = {pair!r}."
         )
 
 
@@ -485,17 +546,25 @@ def test_text_dataset_batches_with_a_dataloader(impl):
 # --- CharWindowDataset --------------------------------------------------------------------------
 
 
+_ID_KINDS = {
+    "a list": list,
+    "a long tensor": lambda ids: torch.tensor(ids, dtype=torch.long),
+    "an int32 tensor": lambda ids: torch.tensor(ids, dtype=torch.int32),
+    # every other element of a longer tensor: a non-contiguous view
+    "a strided long tensor": lambda ids: torch.tensor([v for i in ids for v in (i, -1)], dtype=torch.long)[::2],
+}
+
+
 @st.composite
 def _ids_and_block(draw):
     block = draw(st.integers(1, 10))
     ids = draw(st.lists(st.integers(0, 63), min_size=block + 1, max_size=block + 30))
-    return ids, block, draw(st.booleans())
+    return ids, block, draw(st.sampled_from(sorted(_ID_KINDS)))
 
 
 def _windows(impl, case):
-    ids, block, as_tensor = case
-    ds = impl.CharWindowDataset(torch.tensor(ids, dtype=torch.long) if as_tensor else list(ids), block)
-    kind = "a tensor" if as_tensor else "a list"
+    ids, block, kind = case
+    ds = impl.CharWindowDataset(_ID_KINDS[kind](ids), block)
     return ds, f"CharWindowDataset(ids={kind} of length {len(ids)}, block_size={block})"
 
 
@@ -541,6 +610,20 @@ def test_char_window_dataset_last_window_is_reachable(impl, case):
     assert_close(y, np.array(ids[-block:]), call=f"{call}[len - 1]",
                  because="the last window's targets end with the last id, ids[-1]: otherwise the end of the "
                          "text is never a training target.")
+    for k in range(1, n + 1):
+        item = f"{call}[{-k}] on {n} windows"
+        try:
+            x, y = ds[-k]
+        except IndexError as err:
+            raise AssertionError(
+                f"Called {item}.\nRaised IndexError({err}), expected window {n - k}, because negative indices "
+                "count from the end, as for a list: ds[-1] is the last window."
+            ) from None
+        _check_window_tensor(x, "x", block, item)
+        assert_close(x, np.array(ids[n - k : n - k + block]), call=item,
+                     because=f"ds[{-k}] is ds[len - {k}] = ds[{n - k}], as for a list.")
+        assert_close(y, np.array(ids[n - k + 1 : n - k + block + 1]), call=item,
+                     because=f"ds[{-k}] is ds[len - {k}] = ds[{n - k}], as for a list.")
     for bad in (n, -n - 1):
         try:
             got = ds[bad]
@@ -550,6 +633,23 @@ def test_char_window_dataset_last_window_is_reachable(impl, case):
             f"Called {call}[{bad}] on {n} windows.\nReturned {got!r}, expected IndexError: an index outside the "
             "windows must not give a short or empty window."
         )
+
+
+@pytest.mark.exercise("CharWindowDataset")
+def test_char_window_dataset_keeps_its_own_copy_of_ids(impl):
+    ids = torch.arange(10, 22)
+    pristine = ids.clone()
+    ds = impl.CharWindowDataset(ids, 4)
+    call = "CharWindowDataset(ids=torch.arange(10, 22), block_size=4)"
+    assert torch.equal(ids, pristine) and ids.dtype == torch.long, (
+        f"Called {call}.\nAfterwards ids is {_show(ids)}, expected it unchanged: {_show(pristine)}."
+    )
+    ids.fill_(-1)  # the caller reuses its buffer
+    x, y = ds[0]
+    _check_window_tensor(x, "x", 4, f"{call}[0]")
+    assert_close(x, pristine[:4], call=f"{call}, then ids.fill_(-1), then ds[0]",
+                 because="the dataset keeps its own copy of the ids; torch.as_tensor of a long tensor returns that "
+                         "same tensor, so clone it.")
 
 
 @pytest.mark.exercise("CharWindowDataset")
@@ -574,19 +674,48 @@ def test_char_window_dataset_batches_with_a_dataloader(impl):
 # --- pad_collate --------------------------------------------------------------------------------
 
 
+_SEQ_KINDS = {
+    "lists": list,
+    "long tensors": lambda s: torch.tensor(s, dtype=torch.long),
+    "int32 tensors": lambda s: torch.tensor(s, dtype=torch.int32),
+    # every other element of a longer tensor: non-contiguous views
+    "strided tensors": lambda s: torch.tensor([v for i in s for v in (i, 9)], dtype=torch.long)[::2],
+}
+
+
 @st.composite
 def _batches(draw):
     """Short sequences over a tiny vocabulary, so a real token often equals pad_id."""
     pad_id = draw(st.integers(-1, 4))
     seqs = draw(st.lists(st.lists(st.integers(0, 4), max_size=7), min_size=1, max_size=6))
-    as_tensors = draw(st.booleans())
-    batch = [torch.tensor(s, dtype=torch.long) for s in seqs] if as_tensors else [list(s) for s in seqs]
-    return batch, seqs, pad_id
+    make = _SEQ_KINDS[draw(st.sampled_from(sorted(_SEQ_KINDS)))]
+    return [make(s) for s in seqs], seqs, pad_id
+
+
+def _same_batch(batch, pristine) -> bool:
+    """The batch list and every sequence in it (values, dtype, type) are as they were."""
+    if len(batch) != len(pristine):
+        return False
+    for seq, before in zip(batch, pristine, strict=True):
+        if type(seq) is not type(before):
+            return False
+        if isinstance(seq, torch.Tensor):
+            if seq.dtype != before.dtype or not torch.equal(seq, before):
+                return False
+        elif list(seq) != list(before):
+            return False
+    return True
 
 
 def _collate(impl, batch, pad_id: int):
+    """Call pad_collate on ``batch``; check the result's types and that the batch is left alone."""
     call = _call("pad_collate", (batch,), {"pad_id": pad_id})
+    pristine = [s.clone() if isinstance(s, torch.Tensor) else list(s) for s in batch]
     out = impl.pad_collate(batch, pad_id=pad_id)
+    assert _same_batch(batch, pristine), (
+        f"Called {call}.\nAfterwards the batch is {_show(batch)}, expected it unchanged, because the loader's "
+        "batch belongs to the caller: pad into new tensors, do not sort the list or extend its sequences."
+    )
     assert isinstance(out, tuple | list) and len(out) == 3, (
         f"Called {call}.\nReturned {describe(out)}, expected a tuple (ids, attention_mask, lengths)."
     )
@@ -642,6 +771,24 @@ def test_pad_collate_pad_id_can_be_a_real_token(impl):
 
 
 @pytest.mark.exercise("pad_collate")
+def test_pad_collate_edge_batches(impl):
+    # Every sequence empty: T = 0, and the outputs are (B, 0) tensors, not an error.
+    ids, mask, lengths, call = _collate(impl, [[], []], 3)
+    for name, t, shape in (("ids", ids, (2, 0)), ("attention_mask", mask, (2, 0)), ("lengths", lengths, (2,))):
+        assert tuple(t.shape) == shape, (
+            f"Called {call}.\n{name} has shape {tuple(t.shape)}, expected {shape}, because the longest of two "
+            "empty sequences has length 0."
+        )
+    assert lengths.tolist() == [0, 0], f"Called {call}.\nlengths is {lengths.tolist()}, expected [0, 0]."
+    # One sequence: no padding at all.
+    ids, mask, lengths, call = _collate(impl, [torch.tensor([4, 0, 4], dtype=torch.int32)], 4)
+    assert_close(ids, np.array([[4, 0, 4]]), call=call, because="a batch of one needs no padding.")
+    assert_close(mask, np.array([[1, 1, 1]]), call=call,
+                 because="every position of the only sequence is real, also the ones equal to pad_id=4.")
+    assert_close(lengths, np.array([3]), call=call, because="lengths[0] is the sequence's length.")
+
+
+@pytest.mark.exercise("pad_collate")
 def test_pad_collate_as_a_dataloader_collate_fn(impl):
     seqs = [torch.arange(1, n + 1) for n in (3, 1, 4, 2)]
     batches = list(DataLoader(seqs, batch_size=2, collate_fn=impl.pad_collate))
@@ -669,22 +816,26 @@ def _split_args(draw):
     return n, val_fraction, draw(SEEDS)
 
 
-def _split(impl, n: int, val_fraction: float, seed: int):
-    call = _call("train_val_split", (n, val_fraction), {"seed": seed})
-    out = impl.train_val_split(n, val_fraction, seed)
+def _split(impl, *args, **kwargs):
+    """Call train_val_split; check that it returns two lists of Python ints."""
+    call = _call("train_val_split", args, kwargs)
+    out = impl.train_val_split(*args, **kwargs)
     assert isinstance(out, tuple | list) and len(out) == 2, (
         f"Called {call}.\nReturned {describe(out)}, expected a tuple (train_indices, val_indices)."
     )
-    sides = []
     for name, side in zip(("train", "val"), out, strict=True):
-        values = [int(i) for i in side]
-        assert values == list(side), f"Called {call}.\nThe {name} indices {describe(side)} are not all integers."
-        sides.append(values)
-    return sides[0], sides[1], call
+        assert isinstance(side, list) and all(type(i) is int for i in side), (
+            f"Called {call}.\nThe {name} indices are {describe(side)}, expected a list of Python ints (ready for "
+            "torch.utils.data.Subset): call .tolist() on a tensor, int(i) on numpy integers."
+        )
+    return out[0], out[1], call
 
 
 @pytest.mark.exercise("train_val_split")
 @given(_split_args())
+# Where round() and int() or round-half-up disagree: 10 * 0.29 = 2.9 -> 3; 10 * 0.25 = 2.5 -> 2 (half to even).
+@example((10, 0.29, 0))
+@example((10, 0.25, 0))
 def test_train_val_split_is_disjoint_and_covering(impl, args):
     n, val_fraction, seed = args
     train, val, call = _split(impl, n, val_fraction, seed)
@@ -729,6 +880,19 @@ def test_train_val_split_is_reproducible_and_leaves_the_global_rng_alone(impl, a
 
 
 @pytest.mark.exercise("train_val_split")
+def test_train_val_split_defaults(impl):
+    # Documented defaults: val_fraction=0.1 and seed=0 (the reference's exact split is not the contract,
+    # so compare the default call with the explicit one).
+    for args, explicit in (((50,), (50, 0.1, 0)), ((40, 0.5), (40, 0.5, 0))):
+        *defaults, call = _split(impl, *args)
+        *expected, explicit_call = _split(impl, *explicit)
+        assert defaults == expected, (
+            f"Called {call}.\nReturned {defaults}, expected the same split as {explicit_call}, {expected}, "
+            "because the defaults are val_fraction=0.1 and seed=0."
+        )
+
+
+@pytest.mark.exercise("train_val_split")
 @given(SEEDS)
 def test_train_val_split_depends_on_the_seed(impl, seed):
     _, val_a, call = _split(impl, 60, 0.25, seed)
@@ -749,6 +913,8 @@ def test_train_val_split_rejects_bad_arguments(impl):
                         because="one item cannot be split into two non-empty sides.")
     _expect_value_error(split, "train_val_split", 3, 0.1, 0, match=r"0\.1|\b0\b|\b3\b",
                         because="round(3 * 0.1) = 0 validation items leaves the validation side empty.")
+    _expect_value_error(split, "train_val_split", 3, 0.9, 0, match=r"0\.9|\b3\b",
+                        because="round(3 * 0.9) = 3 validation items leaves the training side empty.")
 
 
 # --- make_dataloader ----------------------------------------------------------------------------
@@ -776,6 +942,10 @@ def test_make_dataloader_same_seed_same_order_whatever_the_global_rng(impl, n, b
         second = impl.make_dataloader(data, batch_size, shuffle=True, seed=seed, collate_fn=_as_list)
         _seed_globals(4)
         second_epochs = [_epoch(second), _epoch(second)]
+    assert data == list(range(n)), (
+        f"Called {call} and iterated it.\nAfterwards the dataset is {data}, expected it unchanged: shuffle the "
+        "loader's order (its sampler), never the caller's data."
+    )
     assert sorted(first_epochs[0]) == data, (
         f"Called {call}.\nAn epoch gave {first_epochs[0]}, expected every item exactly once."
     )
@@ -841,12 +1011,34 @@ def test_make_dataloader_without_shuffle_keeps_the_order(impl, n, batch_size, se
 
 
 @pytest.mark.exercise("make_dataloader")
-def test_make_dataloader_uses_collate_fn(impl):
-    loader = impl.make_dataloader([[1, 2, 3], [4], [5, 6]], 2, shuffle=False, seed=0, collate_fn=_as_list)
-    assert isinstance(loader, DataLoader), f"make_dataloader returned {describe(loader)}, expected a DataLoader."
+def test_make_dataloader_defaults(impl):
+    # Documented defaults: shuffle=True, seed=0, the default collate (a batch of ints is one tensor).
+    data = list(range(30))
+    loader = impl.make_dataloader(data, 5)
+    call = "make_dataloader(list(range(30)), 5)"
+    assert isinstance(loader, DataLoader), f"Called {call}.\nReturned {describe(loader)}, expected a DataLoader."
     batches = list(loader)
-    assert batches == [[[1, 2, 3], [4]], [[5, 6]]], (
-        "Called make_dataloader([[1, 2, 3], [4], [5, 6]], 2, shuffle=False, collate_fn=<returns the list>).\n"
-        f"Got the batches {batches!r}, expected [[[1, 2, 3], [4]], [[5, 6]]], because collate_fn must combine "
+    assert all(isinstance(b, torch.Tensor) and tuple(b.shape) == (5,) for b in batches), (
+        f"Called {call}.\nThe batches are {batches!r}, expected six tensors of 5 ids each, because without "
+        "collate_fn the DataLoader's default collate stacks the items."
+    )
+    order = [int(i) for b in batches for i in b]
+    explicit = _epoch(impl.make_dataloader(data, 5, shuffle=True, seed=0))
+    assert order == explicit, (
+        f"Called {call}.\nThe first epoch is {order}, expected {explicit}, the first epoch of "
+        "make_dataloader(list(range(30)), 5, shuffle=True, seed=0), because the defaults are shuffle=True and seed=0."
+    )
+
+
+@pytest.mark.exercise("make_dataloader")
+def test_make_dataloader_uses_collate_fn(impl):
+    # Strings, so that the default collate (which would give lists of strings) does not fail and the
+    # difference shows in the batches themselves.
+    loader = impl.make_dataloader(["a", "bb", "ccc"], 2, shuffle=False, seed=0, collate_fn="+".join)
+    call = 'make_dataloader(["a", "bb", "ccc"], 2, shuffle=False, seed=0, collate_fn="+".join)'
+    assert isinstance(loader, DataLoader), f"Called {call}.\nReturned {describe(loader)}, expected a DataLoader."
+    batches = list(loader)
+    assert batches == ["a+bb", "ccc"], (
+        f"Called {call}.\nGot the batches {batches!r}, expected ['a+bb', 'ccc'], because collate_fn must combine "
         "each batch (pass it on to DataLoader)."
     )

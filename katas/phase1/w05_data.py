@@ -42,6 +42,9 @@ def text_length_stats(df: pd.DataFrame, text_col: str = "text", by: str | None =
       ``groupby(...)[...].describe()`` gives it: a DataFrame indexed by the group values, with those
       eight columns. (``std`` of a group with one text is NaN, as pandas gives it.)
     - Do not modify ``df``: no new column in the caller's frame (``df.assign(...)`` returns a copy).
+    - ``df`` may have any index: a frame filtered with ``df[df.lang == "en"]`` keeps its row labels, with
+      gaps. Keep every length on its own row's label (``Series.str.len()`` does); a fresh
+      ``pd.Series([len(t) for t in ...])`` is labelled ``0, 1, 2, ...`` and pairs with the wrong rows.
     - An empty frame (0 rows) raises ``ValueError`` whose message says the frame is empty; a
       ``text_col`` or ``by`` that is not a column raises ``ValueError`` naming that column.
 
@@ -75,11 +78,14 @@ def plot_length_histogram(
       that ``plt.get_fignums()`` is the same after the call as before;
     - never call ``plt.show()``;
     - one Axes, one bar per bin: ``ax.hist(lengths, bins=bins)`` (or ``np.histogram`` + ``ax.bar``),
-      so the bar heights are the counts and sum to ``len(lengths)``;
+      so the bar heights are the counts and sum to ``len(lengths)``, and the bins split
+      ``[min(lengths), max(lengths)]`` into ``bins`` equal widths (the default range of both; not
+      ``range=(0, max(lengths))``);
     - title ``title`` (``ax.set_title``, or ``fig.suptitle``), x label ``"Text Length"``, y label
       ``"Frequency"``.
 
-    ``lengths`` is a list, a 1-D array or a Series (``text_length_stats``' length column, say).
+    ``lengths`` is a list, a 1-D array or a Series (``text_length_stats``' length column, say), and it
+    is not modified (``np.asarray`` of an array is that same array: sort a copy, if you sort).
     Empty ``lengths`` or ``bins < 1`` raise ``ValueError``.
 
     Example:
@@ -144,8 +150,11 @@ class CharWindowDataset(Dataset):
       One less and the end of the text is never trained on; one more and the last ``y`` is short.
     - Negative indices count from the end as for a list; any other index outside ``range(len)``
       raises ``IndexError``.
-    - ``ids`` is a list of ints or a 1-D tensor. ``block_size < 1``, or fewer than
-      ``block_size + 1`` ids (not even one window), raise ``ValueError``.
+    - ``ids`` is a list of ints or a 1-D tensor of any integer dtype (``int32`` too, or a strided
+      slice). The dataset keeps its own copy: changing ``ids`` afterwards does not change the windows
+      (``torch.as_tensor`` of a ``torch.long`` tensor is that same tensor; clone it).
+    - ``block_size < 1``, or fewer than ``block_size + 1`` ids (not even one window), raise
+      ``ValueError``.
 
     Example:
         >>> ds = CharWindowDataset([10, 11, 12, 13, 14], block_size=3)
@@ -186,6 +195,10 @@ def pad_collate(
       ``pad_id`` (often 0) can also be a real token inside a sequence;
     - ``lengths``: ``(B,)`` ``torch.long``, the ``L_i``.
 
+    Row ``i`` is ``batch[i]``: no sorting by length (``pack_padded_sequence`` takes
+    ``enforce_sorted=False``), and neither the batch list nor its sequences are modified. Sequences
+    may be ``int32`` or strided tensors; the outputs are ``torch.long`` all the same.
+
     An empty batch raises ``ValueError``.
 
     Example:
@@ -206,7 +219,8 @@ def pad_collate(
 def train_val_split(n: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
     """Split the indices ``range(n)`` at random into ``(train_indices, val_indices)``, reproducibly.
 
-    - ``len(val_indices) == round(n * val_fraction)``; ``train_indices`` holds the rest;
+    - ``len(val_indices) == round(n * val_fraction)`` (Python's ``round``, which rounds halves to even:
+      ``n=10, val_fraction=0.25`` gives 2); ``train_indices`` holds the rest;
     - disjoint (no index on both sides: that would leak training data into validation) and covering
       (every index on one side);
     - the same ``(n, val_fraction, seed)`` gives the same two lists, whatever happened to the global

@@ -16,16 +16,17 @@ def text_length_stats(df: pd.DataFrame, text_col: str = "text", by: str | None =
     """Summary statistics of the text lengths (in characters) of ``df[text_col]``, optionally per group."""
     if len(df) == 0:
         raise ValueError("the frame is empty (0 rows): there are no texts to describe")
-    for role, column in (("text_col", text_col), ("by", by)):
+    for column in (text_col, by):
         if column is not None and column not in df.columns:
-            raise ValueError(f"{role}={column!r} is not a column of the frame; its columns are {list(df.columns)}")
+            raise ValueError(f"{column!r} is not a column of the frame; its columns are {list(df.columns)}")
     # .str.len() counts characters (code points), the unit a character-level model sees; encoding to
-    # UTF-8 first would count bytes, and every non-ASCII character would count 2 to 4 times.
-    lengths = df[text_col].str.len().rename("length")
+    # UTF-8 first would count bytes, and every non-ASCII character would count 2 to 4 times. The lengths
+    # keep df's index, so grouping them by df[by] pairs each length with its own row whatever the index,
+    # and the caller's frame never gets an extra column.
+    lengths = df[text_col].str.len()
     if by is None:
         return lengths.describe()
-    # assign() returns a new frame: the caller's frame never gets an extra column.
-    return df.assign(length=lengths).groupby(by)["length"].describe()
+    return lengths.groupby(df[by]).describe()
 
 
 def plot_length_histogram(
@@ -34,14 +35,14 @@ def plot_length_histogram(
     title: str = "Distribution of Text Lengths",
 ) -> Figure:
     """A histogram of ``lengths`` on a new Figure that pyplot knows nothing about."""
-    values = np.asarray(lengths, dtype=np.float64)
+    values = np.asarray(lengths)  # a list, an array or a Series: one array API for the checks below
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"lengths must be a non-empty 1-D sequence, got shape {values.shape}")
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")
     # Figure() is the object API: no pyplot figure manager, no global "current figure", nothing to
     # close, and it renders headless (Agg) in tests, scripts and servers alike.
-    fig = Figure(figsize=(10, 6))
+    fig = Figure()
     ax = fig.subplots()
     ax.hist(values, bins=bins)
     ax.set_title(title)
