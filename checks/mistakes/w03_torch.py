@@ -8,9 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import _pytree
 
-from checks.harness.catalogue import mistake, variant
+from checks.harness.catalogue import mistake, mutant, variant
 from reference.phase1.w03_torch import GELUFunction, LinearFunction, SimpleNet
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -52,13 +51,50 @@ class SimpleNetWithoutValidation(nn.Module):
         return self.layer2(self.relu(self.layer1(x)))
 
 
+@mistake("SimpleNet", "checks only `size < 1`: SimpleNet(True, 4, 1) builds a network, 2.0 fails inside nn.Linear")
+class SimpleNetAcceptsBoolsAndFloats(nn.Module):
+    def __init__(self, input_size, hidden_size, output_size):
+        super().__init__()
+        for size in (input_size, hidden_size, output_size):
+            if size < 1:
+                raise ValueError(f"sizes must be positive, got {size!r}")
+        self.layer1 = nn.Linear(input_size, hidden_size)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x):
+        return self.layer2(self.relu(self.layer1(x)))
+
+
+@mutant(
+    "SimpleNet",
+    "the error names the wrong value but not which argument it belongs to",
+    replace={'raise ValueError(f"{name} must be': 'raise ValueError(f"sizes must be'},
+)
+def simplenet_error_without_the_argument(): ...
+
+
+@mutant(
+    "SimpleNet",
+    "applies ReLU to the input as well, so negative inputs never reach layer1",
+    replace={"self.layer2(self.relu(self.layer1(x)))": "self.layer2(self.relu(self.layer1(self.relu(x))))"},
+)
+def simplenet_relu_on_input(): ...
+
+
 @variant("SimpleNet", "uses F.linear on the layers' parameters and clamp_min(0) instead of calling the modules")
 class SimpleNetFunctional(SimpleNet):
     def forward(self, x):
         hidden = F.linear(x, self.layer1.weight, self.layer1.bias).clamp_min(0)
-        return torch.addmm(self.layer2.bias, hidden.reshape(-1, hidden.shape[-1]), self.layer2.weight.T).reshape(
-            *x.shape[:-1], -1
-        )
+        flat = torch.addmm(self.layer2.bias, hidden.reshape(-1, hidden.shape[-1]), self.layer2.weight.T)
+        return flat.reshape(*x.shape[:-1], self.layer2.out_features)
+
+
+@variant("SimpleNet", "uses nn.ReLU(inplace=True), which overwrites layer1's output instead of allocating a new tensor")
+class SimpleNetInplaceRelu(SimpleNet):
+    def __init__(self, input_size, hidden_size, output_size):
+        super().__init__(input_size, hidden_size, output_size)
+        self.relu = nn.ReLU(inplace=True)
 
 
 # --- mse_loss / cross_entropy ----------------------------------------------------------------------
@@ -95,6 +131,24 @@ def mse_loss_sum_is_mean(pred, target, reduction="mean"):
     _check_reduction(pred, target, reduction)
     squared = (pred - target) ** 2
     return squared if reduction == "none" else squared.mean()
+
+
+@mistake("mse_loss", "subtracts in place (pred -= target), overwriting the caller's predictions")
+def mse_loss_in_place(pred, target, reduction="mean"):
+    _check_reduction(pred, target, reduction)
+    pred -= target
+    squared = pred**2
+    if reduction == "mean":
+        return squared.mean()
+    return squared.sum() if reduction == "sum" else squared
+
+
+@mutant(
+    "mse_loss",
+    "'mean' averages over the first axis only and returns one value per column",
+    replace={"return squared.mean()": "return squared.mean(dim=0)"},
+)
+def mse_loss_mean_over_batch_axis(): ...
 
 
 @variant("mse_loss", "uses a dot product of the flattened difference with itself and divides by numel")
@@ -165,6 +219,72 @@ def cross_entropy_smooths_ignored(logits, target, ignore_index=-100, label_smoot
     return loss.sum() / keep.sum()
 
 
+@mistake("cross_entropy", "subtracts the whole batch's max, not each row's: a row far below it underflows to log(0)")
+def cross_entropy_global_max(logits, target, ignore_index=-100, label_smoothing=0.0):
+    keep = _check_ce(logits, target, ignore_index, label_smoothing)
+    shifted = logits - logits.max()
+    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    nll = -log_probs.gather(1, safe[:, None])[:, 0]
+    loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)
+    return torch.where(keep, loss, torch.zeros_like(loss)).sum() / keep.sum()
+
+
+@mistake("cross_entropy", "subtracts the row max in place (logits -= ...), changing the caller's logits")
+def cross_entropy_in_place(logits, target, ignore_index=-100, label_smoothing=0.0):
+    keep = _check_ce(logits, target, ignore_index, label_smoothing)
+    logits -= logits.max(dim=1, keepdim=True).values
+    log_probs = logits - logits.exp().sum(dim=1, keepdim=True).log()
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    nll = -log_probs.gather(1, safe[:, None])[:, 0]
+    loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)
+    return torch.where(keep, loss, torch.zeros_like(loss)).sum() / keep.sum()
+
+
+@mistake("cross_entropy", "indexes log_probs with the raw targets, so an ignored -100 is used as a class index")
+def cross_entropy_indexes_ignored_targets(logits, target, ignore_index=-100, label_smoothing=0.0):
+    keep = _check_ce(logits, target, ignore_index, label_smoothing)
+    log_probs = logits.log_softmax(dim=1)
+    nll = -log_probs[torch.arange(len(target)), target]
+    loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)
+    return loss[keep].mean()
+
+
+@mistake("cross_entropy", "divides by the count clamped to 1, so a batch with nothing counted gives 0 instead of nan")
+def cross_entropy_clamped_count(logits, target, ignore_index=-100, label_smoothing=0.0):
+    keep = _check_ce(logits, target, ignore_index, label_smoothing)
+    log_probs = logits.log_softmax(dim=1)
+    safe = torch.where(keep, target, torch.zeros_like(target))
+    nll = -log_probs.gather(1, safe[:, None])[:, 0]
+    loss = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)
+    return torch.where(keep, loss, torch.zeros_like(loss)).sum() / keep.sum().clamp(min=1)
+
+
+@mutant(
+    "cross_entropy",
+    "the smoothing term sums log_probs over the classes instead of averaging them (eps per class, not eps / C)",
+    replace={"uniform = -log_probs.mean(dim=1)": "uniform = -log_probs.sum(dim=1)"},
+)
+def cross_entropy_smoothing_sum(): ...
+
+
+@mutant(
+    "cross_entropy",
+    "accepts target == C (an off-by-one in the range check), which then fails inside gather",
+    replace={"(target >= num_classes)": "(target > num_classes)"},
+)
+def cross_entropy_accepts_c(): ...
+
+
+@variant("cross_entropy", "averages the counted rows with boolean indexing (per_row[keep].mean()): empty gives nan")
+def cross_entropy_boolean_index(logits, target, ignore_index=-100, label_smoothing=0.0):
+    keep = _check_ce(logits, target, ignore_index, label_smoothing)
+    counted_logits, counted_target = logits[keep], target[keep]
+    log_probs = counted_logits - torch.logsumexp(counted_logits, dim=1, keepdim=True)
+    nll = -log_probs.gather(1, counted_target[:, None])[:, 0]
+    return ((1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=1)).mean()
+
+
 @variant("cross_entropy", "builds the smoothed one-hot target distribution and uses torch.logsumexp")
 def cross_entropy_via_target_distribution(logits, target, ignore_index=-100, label_smoothing=0.0):
     keep = _check_ce(logits, target, ignore_index, label_smoothing)
@@ -216,6 +336,17 @@ class LinearBackwardNotDifferentiable(LinearFunction):
             return LinearFunction.backward(ctx, grad_output)
 
 
+@mutant(
+    "LinearFunction",
+    "flattens with .view(), which fails when x or grad_output is not contiguous (a transposed batch)",
+    replace={
+        "grad_output.reshape(-1, grad_output.shape[-1])": "grad_output.view(-1, grad_output.shape[-1])",
+        "x.reshape(-1, x.shape[-1])": "x.view(-1, x.shape[-1])",
+    },
+)
+def linear_backward_with_view(): ...
+
+
 @mistake("GELUFunction", "GELU backward ignores grad_output, returning gelu'(x) itself")
 class GELUIgnoresGradOutput(GELUFunction):
     @staticmethod
@@ -237,6 +368,23 @@ class GELUExactErf(GELUFunction):
     def forward(ctx, x):
         ctx.save_for_backward(x)
         return 0.5 * x * (1 + torch.erf(x / math.sqrt(2.0)))
+
+
+@mutant(
+    "GELUFunction",
+    "the derivative of the cubic drops its factor 3: d/dx 0.044715 x^3 is 3 * 0.044715 x^2",
+    replace={"(1.0 + 3.0 * _GELU_CUBIC * x**2)": "(1.0 + _GELU_CUBIC * x**2)"},
+)
+def gelu_cubic_derivative_without_3(): ...
+
+
+@mistake("GELUFunction", "builds tanh from exp, (e^u - e^-u) / (e^u + e^-u): inf / inf = nan for large |x|")
+class GELUHandTanh(GELUFunction):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        u = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x**3)
+        return 0.5 * x * (1 + (u.exp() - (-u).exp()) / (u.exp() + (-u).exp()))
 
 
 @variant("LinearFunction", "uses einsum in forward and backward and skips gradients nobody asked for")
@@ -342,6 +490,39 @@ def train_step_keeps_eval_mode(model, batch, optimizer, loss_fn):
     return loss.item()
 
 
+@mistake("train_step", "calls F.mse_loss itself instead of the loss_fn it was given")
+def train_step_hard_coded_loss(model, batch, optimizer, loss_fn):
+    inputs, targets = batch
+    model.train()
+    optimizer.zero_grad()
+    loss = F.mse_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@mistake("train_step", "calls loss_fn(targets, outputs): the arguments swapped, harmless only for a symmetric loss")
+def train_step_swapped_loss_arguments(model, batch, optimizer, loss_fn):
+    inputs, targets = batch
+    model.train()
+    optimizer.zero_grad()
+    loss = loss_fn(targets, model(inputs))
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@mistake("train_step", "calls model.train() after the forward pass, so the loss was computed in eval mode")
+def train_step_train_mode_too_late(model, batch, optimizer, loss_fn):
+    inputs, targets = batch
+    optimizer.zero_grad()
+    loss = loss_fn(model(inputs), targets)
+    model.train()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @variant("train_step", "clears gradients by setting every parameter's .grad to None and returns float(loss.detach())")
 def train_step_grads_to_none(model, batch, optimizer, loss_fn):
     inputs, targets = batch
@@ -361,7 +542,7 @@ def train_step_grads_to_none(model, batch, optimizer, loss_fn):
 def _check_regression(x, y, lr, steps):
     if x.ndim != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"bad shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if steps < 0 or not lr > 0:
+    if type(steps) is not int or steps < 0 or not lr > 0:
         raise ValueError(f"bad steps {steps!r} or lr {lr!r}")
 
 
@@ -415,11 +596,53 @@ def fit_linear_regression_not_detached(x, y, lr=0.1, steps=500):
     return weight, bias
 
 
+@mistake("fit_linear_regression", "creates weight and bias on the default device, not on x's (it fails for GPU data)")
+def fit_linear_regression_default_device(x, y, lr=0.1, steps=500):
+    _check_regression(x, y, lr, steps)
+    weight = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros((), dtype=x.dtype, requires_grad=True)
+    for _ in range(steps):
+        ((x @ weight + bias - y) ** 2).mean().backward()
+        with torch.no_grad():
+            weight -= lr * weight.grad
+            bias -= lr * bias.grad
+        weight.grad = bias.grad = None
+    return weight.detach(), bias.detach()
+
+
+@mutant(
+    "fit_linear_regression",
+    "checks only `steps < 0`, so steps=True runs one step and steps=2.0 fails inside range()",
+    replace={"isinstance(steps, bool) or not isinstance(steps, int) or steps < 0": "steps < 0"},
+)
+def fit_linear_regression_accepts_bool_steps(): ...
+
+
+@mutant(
+    "fit_linear_regression",
+    "checks `lr <= 0`, which lets lr=nan through and returns nan weights",
+    replace={"if not lr > 0:": "if lr <= 0:"},
+)
+def fit_linear_regression_accepts_nan_lr(): ...
+
+
+@variant("fit_linear_regression", "takes gradients with torch.autograd.grad, so .grad is never filled or cleared")
+def fit_linear_regression_autograd_grad(x, y, lr=0.1, steps=500):
+    _check_regression(x, y, lr, steps)
+    weight = x.new_zeros(x.shape[1]).requires_grad_()
+    bias = x.new_zeros(()).requires_grad_()
+    for _ in range(steps):
+        grad_w, grad_b = torch.autograd.grad(((x @ weight + bias - y) ** 2).mean(), (weight, bias))
+        weight = (weight - lr * grad_w).detach().requires_grad_()
+        bias = (bias - lr * grad_b).detach().requires_grad_()
+    return weight.detach(), bias.detach()
+
+
 @variant("fit_linear_regression", "uses torch.optim.SGD and F.mse_loss on a column of ones appended to x")
 def fit_linear_regression_with_sgd(x, y, lr=0.1, steps=500):
     _check_regression(x, y, lr, steps)
-    design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-    params = torch.zeros(x.shape[1] + 1, dtype=x.dtype, requires_grad=True)
+    design = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+    params = x.new_zeros(x.shape[1] + 1, requires_grad=True)
     optimizer = torch.optim.SGD([params], lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -513,6 +736,18 @@ def to_device_never_moves(obj, device):
     return obj
 
 
-@variant("to_device", "maps over the structure with torch.utils._pytree.tree_map (it knows dicts, lists, namedtuples)")
-def to_device_via_pytree(obj, device):
-    return _pytree.tree_map(lambda leaf: leaf.to(device) if isinstance(leaf, torch.Tensor) else leaf, obj)
+@variant("to_device", "dispatches with a match statement and rebuilds namedtuples with their _make classmethod")
+def to_device_by_match(obj, device):
+    match obj:
+        case torch.Tensor():
+            return obj.to(device)
+        case dict():
+            return {key: to_device_by_match(value, device) for key, value in obj.items()}
+        case list():
+            return [to_device_by_match(item, device) for item in obj]
+        case tuple() if hasattr(obj, "_make"):
+            return type(obj)._make(to_device_by_match(item, device) for item in obj)
+        case tuple():
+            return tuple(to_device_by_match(item, device) for item in obj)
+        case _:
+            return obj

@@ -1,14 +1,30 @@
 """Checks for w03_torch (Weeks 3-4: PyTorch fundamentals).
 
 Oracles are PyTorch itself (``F.mse_loss``, ``F.cross_entropy``, ``F.linear``, ``F.gelu``,
-``torch.autograd.gradcheck``/``gradgradcheck``, ``torch.optim.SGD`` on a copy of the model) and closed
+``torch.autograd.gradcheck``/``gradgradcheck``, ``torch.optim`` on a copy of the model) and closed
 forms computed here; the code under test is reached only through ``impl``.
+
+Checklist notes (CONTRACTS.md items that do not apply, and why):
+- Randomness (8): no exercise takes a generator or draws random numbers of its own; SimpleNet's initial
+  weights are nn.Linear's default initialisation, which the docstring leaves to PyTorch.
+- Init statistics (7): same reason; structure (names, shapes, bias, nothing extra) is checked.
+- dtypes (3): SimpleNet creates no tensors (its nn.Linear layers follow the module's ``.to()``);
+  LinearFunction/GELUFunction create none either, so the float64 comparisons with F.linear/F.gelu
+  (plus one float32 GELU check) cover them. train_step moves nothing.
+- Devices (3): only fit_linear_regression creates tensors; it runs on the ``meta`` device. to_device
+  moves to ``meta`` and, with a GPU, to CUDA and back.
+- State over time (6): train_step is called twice with a momentum optimizer and on stale gradients;
+  the other exercises are pure functions (fit_linear_regression builds its parameters anew each call).
+- Errors (10): LinearFunction, GELUFunction, train_step and to_device document no errors.
+- Numerics at scale (9): mse_loss and LinearFunction are polynomials with no overflow-prone step;
+  cross_entropy (rows of +-1e4 next to ordinary rows) and GELU (+-1e4, both passes) are checked.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 from collections import namedtuple
 
 import numpy as np
@@ -39,22 +55,61 @@ def _randn(shape, seed: int, dtype=F64, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=_gen(seed), dtype=dtype) * scale
 
 
+def _shape_pattern(shape) -> str:
+    """A regex for a shape as an error message may print it: ``(4, 1)``, ``[4, 1]`` or ``torch.Size([4, 1])``."""
+    items = ", ".join(str(n) for n in shape)
+    as_tuple = f"({items},)" if len(shape) == 1 else f"({items})"
+    return f"{re.escape(as_tuple)}|{re.escape(f'[{items}]')}"
+
+
+def _tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """Comparisons with PyTorch: tight in float64, what float32 can meet on any CPU otherwise."""
+    return {"rtol": 1e-7, "atol": 1e-10} if dtype == F64 else {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _assert_unchanged(call: str, **pairs) -> None:
+    """Each name maps to (tensor after the call, pristine copy taken before it)."""
+    for name, (after, before) in pairs.items():
+        assert after.shape == before.shape and after.dtype == before.dtype and torch.equal(after, before), (
+            f"Called {call}. Afterwards the caller's `{name}` had changed, expected it untouched, because the "
+            "function must not modify its inputs (no in-place operations such as -= on them)."
+        )
+
+
+_ARGUMENTS = {"mse_loss": ("pred", "target"), "cross_entropy": ("logits", "target")}
+
+
 def _compare_with_torch(
     impl, symbol: str, expected, *args, because: str, rtol: float = 1e-7, atol: float = 1e-10, **kwargs
 ):
-    """Call ``impl.<symbol>`` and compare with PyTorch's answer; name a catalogued mistake that matches."""
+    """Call ``impl.<symbol>`` and compare with PyTorch's answer (value, dtype, inputs left untouched); name a
+    catalogued mistake that reproduces a wrong value."""
+    pristine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     actual = getattr(impl, symbol)(*args, **kwargs)
+    call = format_call(symbol, pristine, kwargs)
     assert isinstance(actual, torch.Tensor), (
-        f"Called {format_call(symbol, args, kwargs)}. Returned {describe(actual)}, expected a torch.Tensor, "
+        f"Called {call}. Returned {describe(actual)}, expected a torch.Tensor, "
         "because the loss must stay a tensor that autograd can differentiate."
+    )
+    _assert_unchanged(call, **{name: (a, b) for name, a, b in zip(_ARGUMENTS[symbol], args, pristine, strict=True)})
+    assert actual.dtype == expected.dtype, (
+        f"Called {call}. Returned a tensor of dtype {actual.dtype}, expected {expected.dtype}, because the "
+        "result keeps the dtype of the inputs (as PyTorch's does)."
     )
     cause = None
     if error_report(actual.detach(), expected, rtol, atol) is not None:
-        cause = likely_cause(KATA, symbol, lambda f: f(*args, **kwargs).detach(), actual.detach(), rtol=rtol, atol=atol)
+        cause = likely_cause(
+            KATA,
+            symbol,
+            lambda f: f(*[copy.deepcopy(a) for a in pristine], **kwargs).detach(),
+            actual.detach(),
+            rtol=rtol,
+            atol=atol,
+        )
     assert_close(
         actual.detach(),
         expected,
-        call=format_call(symbol, args, kwargs),
+        call=call,
         because=because,
         rtol=rtol,
         atol=atol,
@@ -93,7 +148,8 @@ def _run_gradcheck(fn, inputs, *, call: str, second_order: bool = False) -> None
 # ----------------------------------------------------------------------------------------------------
 
 sizes = st.integers(1, 6)
-lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=2).map(tuple)
+lead_shapes = st.lists(st.integers(0, 4), min_size=0, max_size=2).map(tuple)  # a 0 is an empty batch
+SIZE_NAMES = ("input_size", "hidden_size", "output_size")
 
 
 def _load(net: nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -116,21 +172,34 @@ def test_simplenet_output_shape_for_any_batch(impl, n_in, n_hidden, n_out, lead,
     assert isinstance(out, torch.Tensor) and out.shape == (*lead, n_out), (
         f"Called SimpleNet({n_in}, {n_hidden}, {n_out}) on input of shape {tuple(x.shape)}. Returned "
         f"{describe(out)}, expected shape {(*lead, n_out)}, because nn.Linear acts on the last axis and every "
-        "leading (batch) axis must pass through."
+        "leading (batch) axis must pass through, even an empty one."
     )
 
 
 @pytest.mark.exercise("SimpleNet")
 @given(sizes, sizes, sizes)
-def test_simplenet_parameter_count(impl, n_in, n_hidden, n_out):
+def test_simplenet_structure(impl, n_in, n_hidden, n_out):
     net = impl.SimpleNet(n_in, n_hidden, n_out)
+    call = f"SimpleNet({n_in}, {n_hidden}, {n_out})"
+    for name, fan_in, fan_out in (("layer1", n_in, n_hidden), ("layer2", n_hidden, n_out)):
+        layer = getattr(net, name, None)
+        assert isinstance(layer, nn.Linear), (
+            f"Called {call}. Its attribute `{name}` is {describe(layer)}, expected an nn.Linear, because the "
+            "checks load weights by the seed's names (layer1, relu, layer2)."
+        )
+        assert (layer.in_features, layer.out_features) == (fan_in, fan_out) and layer.bias is not None, (
+            f"Called {call}. `{name}` is {layer}, expected nn.Linear({fan_in}, {fan_out}) with a bias, because "
+            "layer1 maps input_size to hidden_size and layer2 hidden_size to output_size."
+        )
     count = sum(p.numel() for p in net.parameters())
     expected = n_in * n_hidden + n_hidden + n_hidden * n_out + n_out
     assert count == expected, (
-        f"Called SimpleNet({n_in}, {n_hidden}, {n_out}). It has {count} parameters, expected {expected} = "
+        f"Called {call}. It has {count} parameters, expected {expected} = "
         f"{n_in}*{n_hidden} + {n_hidden} + {n_hidden}*{n_out} + {n_out}, because each nn.Linear has a weight and "
         "a bias, and layers must be module attributes so that nn.Module registers them."
     )
+    buffers = [name for name, _ in net.named_buffers()]
+    assert not buffers, f"Called {call}. It has buffers {buffers}, expected none: Linear, ReLU, Linear keep no state."
     assert all(p.requires_grad for p in net.parameters()), "Every parameter of SimpleNet must require grad."
 
 
@@ -144,20 +213,29 @@ def test_simplenet_equals_hand_composition(impl, n_in, n_hidden, n_out, batch, s
         "layer2.weight": torch.randn(n_out, n_hidden, generator=g),
         "layer2.bias": torch.randn(n_out, generator=g),
     }
-    x = torch.randn(batch, n_in, generator=g)
+    x = torch.randn(n_in, batch, generator=g).T  # a transposed (non-contiguous) batch, as x.T hands one over
+    x_before = x.clone()
     net = impl.SimpleNet(n_in, n_hidden, n_out)
     _load(net, weights)
     hidden = torch.clamp(x @ weights["layer1.weight"].T + weights["layer1.bias"], min=0)
     expected = hidden @ weights["layer2.weight"].T + weights["layer2.bias"]
+    call = f"SimpleNet({n_in}, {n_hidden}, {n_out})(x of shape {tuple(x.shape)})"
     with torch.no_grad():
         out = net(x)
     assert_close(
         out,
         expected,
-        call=f"SimpleNet({n_in}, {n_hidden}, {n_out})(x of shape {tuple(x.shape)})",
+        call=call,
         because="the output is layer2(relu(layer1(x))): ReLU between the layers, nowhere else.",
         rtol=1e-5,
         atol=1e-5,
+    )
+    _assert_unchanged(call, x=(x, x_before))
+    probe = torch.linspace(-2.0, 2.0, 5)
+    relu = getattr(net, "relu", None)
+    assert callable(relu) and torch.equal(relu(probe.clone()), probe.clamp(min=0)), (
+        f"Called {call}. Its attribute `relu` is {describe(relu)}; expected the ReLU activation (nn.ReLU()), "
+        "because the seed's SimpleNet names it self.relu."
     )
 
 
@@ -171,35 +249,51 @@ def test_simplenet_gradients_reach_every_parameter(impl):
 
 @pytest.mark.exercise("SimpleNet")
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # nn.Linear(0, ...) of a wrong answer
-@pytest.mark.parametrize("bad", [0, -3])
-@pytest.mark.parametrize("position", [0, 1, 2])
-def test_simplenet_rejects_non_positive_sizes(impl, bad, position):
+@pytest.mark.parametrize(("position", "bad"), [(0, 0), (1, -3), (2, 0), (0, True), (1, 2.0), (2, -1)])
+def test_simplenet_rejects_sizes_that_are_not_positive_ints(impl, position, bad):
     args = [4, 5, 2]
     args[position] = bad
-    with pytest.raises(ValueError, match=str(bad)):
+    call = f"SimpleNet({', '.join(map(repr, args))})"
+    with pytest.raises(ValueError) as info:
         impl.SimpleNet(*args)
+    message, name = str(info.value), SIZE_NAMES[position]
+    names_argument = re.search(rf"\b{name.replace('_', '[_ ]')}\b", message)
+    assert names_argument and repr(bad) in message, (
+        f"Called {call}. It raised ValueError({message!r}), expected a message that names {name} and its value "
+        f"{bad!r}, because the learner who reads it must know which size is wrong (a bool or a float is no size)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # mse_loss / cross_entropy
 # ----------------------------------------------------------------------------------------------------
 
-shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
-reductions = st.sampled_from(["mean", "sum", "none"])
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)  # () is a 0-d tensor, a 0 is empty
+reductions = st.sampled_from([None, "mean", "sum", "none"])  # None: leave the documented default, "mean"
+dtypes = st.sampled_from([torch.float32, F64])
+
+
+def _strided(shape, seed: int, dtype=F64, scale: float = 1.0) -> torch.Tensor:
+    """A non-contiguous tensor of ``shape``: every other element of a larger one."""
+    return _randn((*shape, 2), seed, dtype, scale)[..., 0]
 
 
 @pytest.mark.exercise("mse_loss")
-@given(shapes, reductions, seeds)
-def test_mse_loss_matches_torch(impl, shape, reduction, seed):
-    pred, target = _randn(shape, seed), _randn(shape, seed + 1, scale=2.0)
+@given(shapes, reductions, dtypes, st.booleans(), seeds)
+def test_mse_loss_matches_torch(impl, shape, reduction, dtype, strided, seed):
+    make = _strided if strided else _randn
+    pred, target = make(shape, seed, dtype), make(shape, seed + 1, dtype, scale=2.0)
+    kwargs = {} if reduction is None else {"reduction": reduction}
     _compare_with_torch(
         impl,
         "mse_loss",
-        F.mse_loss(pred, target, reduction=reduction),
+        F.mse_loss(pred, target, **kwargs),
         pred,
         target,
-        reduction=reduction,
-        because=f"reduction={reduction!r} must agree with F.mse_loss: 'mean' divides by every element.",
+        because=f"reduction={reduction or 'mean (the default)'!r} must agree with F.mse_loss: 'mean' divides by "
+        "every element.",
+        **_tolerance(dtype),
+        **kwargs,
     )
 
 
@@ -209,6 +303,7 @@ def test_mse_loss_matches_torch(impl, shape, reduction, seed):
 def test_mse_loss_gradient_matches_torch(impl, shape, reduction, seed):
     pred, target = _randn(shape, seed).requires_grad_(), _randn(shape, seed + 1).requires_grad_()
     ref_pred, ref_target = pred.detach().clone().requires_grad_(), target.detach().clone().requires_grad_()
+    reduction = reduction or "mean"
     upstream = _randn(shape, seed + 2) if reduction == "none" else torch.tensor(1.0, dtype=F64)
     impl.mse_loss(pred, target, reduction=reduction).backward(upstream)
     F.mse_loss(ref_pred, ref_target, reduction=reduction).backward(upstream)
@@ -225,8 +320,13 @@ def test_mse_loss_gradient_matches_torch(impl, shape, reduction, seed):
 @pytest.mark.exercise("mse_loss")
 def test_mse_loss_rejects_mismatched_shapes(impl):
     pred, target = torch.zeros(4, 1), torch.zeros(4)
-    with pytest.raises(ValueError, match=r"\(4, 1\)"):
+    with pytest.raises(ValueError) as info:
         impl.mse_loss(pred, target)
+    message = str(info.value)
+    assert re.search(_shape_pattern((4, 1)), message) and re.search(_shape_pattern((4,)), message), (
+        f"Called mse_loss(pred of shape (4, 1), target of shape (4,)). It raised ValueError({message!r}), "
+        "expected a message that names both shapes, because broadcasting them would silently build a (4, 4) loss."
+    )
 
 
 @pytest.mark.exercise("mse_loss")
@@ -235,14 +335,46 @@ def test_mse_loss_rejects_unknown_reduction(impl):
         impl.mse_loss(torch.zeros(3), torch.ones(3), reduction="avg")
 
 
+@pytest.mark.exercise("mse_loss")
+def test_losses_docstring_examples(impl):
+    """The examples of the docstrings, with every keyword left at its default."""
+    pred, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
+    _compare_with_torch(impl, "mse_loss", torch.tensor(2.5), pred, target, because="(1 + 4) / 2 = 2.5.")
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    _compare_with_torch(
+        impl,
+        "cross_entropy",
+        F.cross_entropy(logits, torch.tensor([0, -100])),
+        logits,
+        torch.tensor([0, -100]),
+        because="by default ignore_index is -100 (row 1 counts for nothing) and label_smoothing is 0.0.",
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    _compare_with_torch(
+        impl,
+        "cross_entropy",
+        F.cross_entropy(logits, torch.tensor([0, 2]), label_smoothing=0.1),
+        logits,
+        torch.tensor([0, 2]),
+        label_smoothing=0.1,
+        because="label smoothing puts 0.9 on the true class and spreads 0.1 over all 3 classes.",
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
 @st.composite
 def classification_problems(draw, scale=None):
-    """(logits (N, C) float64, target (N,) int64, ignore_index) with at least one counted position."""
+    """(logits (N, C) float64, target (N,) int64, ignore_index) with at least one counted position.
+
+    The logits are sometimes a transposed (non-contiguous) tensor, as ``scores.T`` would hand them over.
+    """
     n, c = draw(st.integers(1, 6)), draw(st.integers(1, 5))
     ignore_index = draw(st.sampled_from([-100, -1, 0]))
     seed = draw(seeds)
     scale = draw(st.sampled_from([0.5, 3.0, 30.0])) if scale is None else scale
-    logits = _randn((n, c), seed, scale=scale)
+    logits = _randn((c, n), seed, scale=scale).T if draw(st.booleans()) else _randn((n, c), seed, scale=scale)
     classes = torch.randint(0, c, (n,), generator=_gen(seed + 1))
     ignored = torch.rand(n, generator=_gen(seed + 2)) < draw(st.sampled_from([0.0, 0.3, 0.6]))
     target = torch.where(ignored, torch.full_like(classes, ignore_index), classes)
@@ -262,20 +394,21 @@ label_smoothings = st.sampled_from([0.0, 0.1, 0.25, 1.0])
 
 @pytest.mark.exercise("mse_loss")
 @settings(max_examples=25)
-@given(classification_problems(), label_smoothings)
-def test_cross_entropy_matches_torch(impl, problem, smoothing):
+@given(classification_problems(), label_smoothings, st.booleans())
+def test_cross_entropy_matches_torch(impl, problem, smoothing, spell_out_defaults):
     logits, target, ignore_index = problem
-    expected = F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing)
+    kwargs = {"ignore_index": ignore_index, "label_smoothing": smoothing}
+    if not spell_out_defaults:  # leave the arguments that equal the documented defaults to the defaults
+        kwargs = {k: v for k, v in kwargs.items() if v != {"ignore_index": -100, "label_smoothing": 0.0}[k]}
     _compare_with_torch(
         impl,
         "cross_entropy",
-        expected,
+        F.cross_entropy(logits, target, **kwargs),
         logits,
         target,
-        ignore_index=ignore_index,
-        label_smoothing=smoothing,
         because="it must agree with F.cross_entropy: ignored positions count for nothing (the mean "
         "is over the counted ones) and smoothing spreads eps over all C classes.",
+        **kwargs,
     )
 
 
@@ -304,25 +437,40 @@ def test_cross_entropy_gradient_matches_torch(impl, problem, smoothing):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_cross_entropy_is_stable_for_huge_logits(impl, dtype, smoothing):
-    logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4], [1e4, 1e4, -1e4], [0.0, 1e4, 5.0]], dtype=dtype)
-    target = torch.tensor([1, 2, 0, 0])
+    # Rows at +1e4, at -1e4 and ordinary rows side by side: each row needs its OWN max subtracted.
+    logits = torch.tensor(
+        [
+            [1e4, -1e4, 0.0],
+            [-1e4, -1e4, 1e4],
+            [1e4, 1e4, -1e4],
+            [0.0, 1e4, 5.0],
+            [0.5, -1.0, 2.0],
+            [-1e4, -9999.0, -9998.0],
+        ],
+        dtype=dtype,
+    )
+    target = torch.tensor([1, 2, 0, 0, 2, 1])
     logits.requires_grad_()
     loss = impl.cross_entropy(logits, target, label_smoothing=smoothing)
     expected = F.cross_entropy(logits.detach(), target, label_smoothing=smoothing)
+    call = f"cross_entropy(logits with rows at +-1e4 and ordinary rows, dtype {dtype}, label_smoothing={smoothing})"
+    assert isinstance(loss, torch.Tensor) and loss.dtype == dtype, (
+        f"Called {call}. Returned {describe(loss)}, expected a 0-d tensor of dtype {dtype}, the dtype of the logits."
+    )
     assert torch.isfinite(loss).all(), (
-        f"Called cross_entropy with logits of +-1e4 ({dtype}). Returned {describe(loss.detach())}, expected "
-        f"{expected.item():.6g}, because exp(1e4) overflows: subtract the row max before exp (log-sum-exp trick)."
+        f"Called {call}. Returned {describe(loss.detach())}, expected {expected.item():.6g}, because exp(1e4) "
+        "overflows and exp(-1e4 - 1e4) underflows: subtract each row's own max before exp (log-sum-exp trick)."
     )
     assert_close(
         loss.detach(),
         expected,
-        call=f"cross_entropy(logits of +-1e4, dtype {dtype})",
+        call=call,
         because="the log-sum-exp trick gives the exact loss even for huge logits.",
         rtol=1e-5,
     )
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all(), (
-        f"cross_entropy with logits of +-1e4: the gradient is {describe(logits.grad)}; it must be finite."
+        f"Called {call}. The gradient is {describe(logits.grad)}; it must be finite."
     )
 
 
@@ -344,15 +492,33 @@ def test_cross_entropy_ignored_rows_change_nothing(impl, problem, smoothing, ext
 
 
 @pytest.mark.exercise("mse_loss")
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize(
+    ("logits_shape", "target", "ignore_index"),
+    [((3, 4), [-100, -100, -100], -100), ((2, 3), [0, 0], 0), ((0, 4), [], -100)],
+)
+def test_cross_entropy_with_nothing_counted_is_nan(impl, logits_shape, target, ignore_index, smoothing):
+    logits = _randn(logits_shape, 3)
+    target = torch.tensor(target, dtype=torch.long)
+    loss = impl.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing)
+    call = format_call("cross_entropy", (logits, target), {"ignore_index": ignore_index, "label_smoothing": smoothing})
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and torch.isnan(loss), (
+        f"Called {call}. Returned {describe(loss)}, expected nan (as F.cross_entropy), because no position "
+        "counts: the mean is 0 / 0. A count clamped to 1 would report a perfect loss of 0 instead."
+    )
+
+
+@pytest.mark.exercise("mse_loss")
 @pytest.mark.parametrize(
     ("logits_shape", "target", "kwargs", "match"),
     [
         ((3, 4), [0, 7, -100], {}, "7"),
+        ((3, 4), [0, 4, 1], {}, "4"),
         ((3, 4), [0, -2, 1], {}, "-2"),
         ((2, 3), [0, 1], {"label_smoothing": 1.5}, "1.5"),
         ((2, 3), [0, 1], {"label_smoothing": -0.1}, "-0.1"),
-        ((4,), [0], {}, r"\(4,\)"),
-        ((3, 4), [0, 1], {}, r"\(2,\)"),
+        ((4,), [0], {}, _shape_pattern((4,))),
+        ((3, 4), [0, 1], {}, _shape_pattern((2,))),
     ],
 )
 def test_cross_entropy_rejects_bad_input(impl, logits_shape, target, kwargs, match):
@@ -365,13 +531,18 @@ def test_cross_entropy_rejects_bad_input(impl, logits_shape, target, kwargs, mat
 # ----------------------------------------------------------------------------------------------------
 
 
+def _reversed_layout(shape, seed: int) -> torch.Tensor:
+    """A tensor of ``shape`` stored with its axes in reverse order: no two axes can be merged by ``.view``."""
+    return _randn(tuple(reversed(shape)), seed).permute(*reversed(range(len(shape))))
+
+
 @st.composite
-def linear_problems(draw, requires_grad=False):
-    """(x (*, in), weight (out, in), bias (out,) or None) in float64."""
-    lead = draw(st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple))
+def linear_problems(draw, requires_grad=False, allow_empty=False):
+    """(x (*, in), weight (out, in), bias (out,) or None) in float64; x is sometimes not contiguous."""
+    lead = draw(st.lists(st.integers(0 if allow_empty else 1, 3), min_size=0, max_size=2).map(tuple))
     n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     seed = draw(seeds)
-    x = _randn((*lead, n_in), seed)
+    x = _reversed_layout((*lead, n_in), seed) if draw(st.booleans()) else _randn((*lead, n_in), seed)
     weight = _randn((n_out, n_in), seed + 1)
     bias = _randn((n_out,), seed + 2) if draw(st.booleans()) else None
     if requires_grad:
@@ -384,14 +555,16 @@ def linear_problems(draw, requires_grad=False):
 
 def _linear_call(x, weight, bias) -> str:
     bias_text = "None" if bias is None else f"bias {tuple(bias.shape)}"
-    return f"LinearFunction.apply(x {tuple(x.shape)}, weight {tuple(weight.shape)}, {bias_text}) in float64"
+    layout = "" if x.is_contiguous() else " (not contiguous)"
+    return f"LinearFunction.apply(x {tuple(x.shape)}{layout}, weight {tuple(weight.shape)}, {bias_text}) in float64"
 
 
 @pytest.mark.exercise("LinearFunction")
-@given(linear_problems())
+@given(linear_problems(allow_empty=True))
 def test_linear_forward_matches_f_linear(impl, problem):
     x, weight, bias = problem
     assert issubclass(impl.LinearFunction, torch.autograd.Function), "LinearFunction must subclass autograd.Function."
+    pristine = [None if t is None else t.clone() for t in problem]
     out = impl.LinearFunction.apply(x, weight, bias)
     assert_close(
         out,
@@ -399,6 +572,8 @@ def test_linear_forward_matches_f_linear(impl, problem):
         call=_linear_call(x, weight, bias),
         because="forward is x @ weight.T + bias, exactly F.linear.",
     )
+    named = zip(("x", "weight", "bias"), problem, pristine, strict=True)
+    _assert_unchanged(_linear_call(x, weight, bias), **{name: (t, p) for name, t, p in named if t is not None})
 
 
 @pytest.mark.exercise("LinearFunction")
@@ -415,53 +590,102 @@ def test_linear_gradgradcheck(impl, problem):
     _run_gradcheck(impl.LinearFunction.apply, problem, call=_linear_call(*problem), second_order=True)
 
 
-@pytest.mark.exercise("LinearFunction")
-@settings(max_examples=15)
-@given(linear_problems(), seeds)
-def test_linear_backward_matches_f_linear(impl, problem, seed):
+def _assert_linear_backward_matches(impl, problem, upstream) -> None:
+    """Backpropagate ``upstream`` through the learner's LinearFunction and through F.linear; compare."""
     x, weight, bias = problem
+    call = _linear_call(x, weight, bias) + f".backward(grad_output {tuple(upstream.shape)})"
     mine = [t.clone().requires_grad_() if t is not None else None for t in problem]
     theirs = [t.clone().requires_grad_() if t is not None else None for t in problem]
-    upstream = _randn((*x.shape[:-1], weight.shape[0]), seed)
-    impl.LinearFunction.apply(*mine).backward(upstream)
+    out = impl.LinearFunction.apply(*mine)
+    assert isinstance(out, torch.Tensor) and out.shape == upstream.shape, (
+        f"Called {call}. forward returned {describe(out)}, expected shape {tuple(upstream.shape)}."
+    )
+    try:
+        out.backward(upstream)
+    except RuntimeError as err:
+        if isinstance(err, NotImplementedError):
+            raise
+        raise AssertionError(
+            f"Called {call}. The backward pass failed: {err}\nBecause backward returns one gradient per input of "
+            "forward, each of the shape of its input ((*, in), (out, in), (out,) or None), for inputs of any "
+            "layout (flatten with reshape, not view)."
+        ) from None
     F.linear(*theirs).backward(upstream)
     for name, a, b in zip(("x", "weight", "bias"), mine, theirs, strict=True):
         if b is None:
             continue
-        assert a.grad is not None, f"{_linear_call(x, weight, bias)}: backward gave no gradient for {name}."
+        assert a.grad is not None, f"Called {call}. backward gave no gradient for {name}."
         assert_close(
             a.grad,
             b.grad,
-            call=_linear_call(x, weight, bias) + ".backward(grad_output)",
-            because=f"dL/d{name} must equal F.linear's for the same grad_output (chain rule: scale by it).",
+            call=call,
+            because=f"dL/d{name} must equal F.linear's for the same grad_output (chain rule: scale by it; sum the "
+            "weight and bias gradients over every leading axis).",
         )
+
+
+@pytest.mark.exercise("LinearFunction")
+@settings(max_examples=15)
+@given(linear_problems(allow_empty=True), seeds)
+def test_linear_backward_matches_f_linear(impl, problem, seed):
+    x, weight, _ = problem
+    _assert_linear_backward_matches(impl, problem, _randn((*x.shape[:-1], weight.shape[0]), seed))
+
+
+@pytest.mark.exercise("LinearFunction")
+def test_linear_backward_with_non_contiguous_tensors(impl):
+    # A batch that arrives transposed ((T, B, in) seen as (B, T, in)) and a grad_output that a later
+    # .transpose() hands back: flattening them needs reshape, .view cannot merge their axes.
+    x, weight, bias = _reversed_layout((3, 2, 4), 1), _randn((5, 4), 2), _randn((5,), 3)
+    _assert_linear_backward_matches(impl, (x, weight, bias), _reversed_layout((3, 2, 5), 4))
 
 
 gelu_inputs = st.lists(st.floats(-8, 8, allow_nan=False, allow_infinity=False), min_size=1, max_size=8)
 
 
 @pytest.mark.exercise("LinearFunction")
-@given(gelu_inputs)
-def test_gelu_forward_matches_torch_tanh_gelu(impl, values):
-    x = torch.tensor(values, dtype=F64)
+@given(gelu_inputs, dtypes)
+def test_gelu_forward_matches_torch_tanh_gelu(impl, values, dtype):
+    x = torch.tensor(values, dtype=dtype)
+    x_before = x.clone()
     assert issubclass(impl.GELUFunction, torch.autograd.Function), "GELUFunction must subclass torch.autograd.Function."
-    assert_close(
-        impl.GELUFunction.apply(x),
-        F.gelu(x, approximate="tanh"),
-        call=f"GELUFunction.apply({describe(x)})",
-        because='it must equal F.gelu(x, approximate="tanh"): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))).',
-    )
-
-
-@pytest.mark.exercise("LinearFunction")
-def test_gelu_forward_extreme_inputs(impl):
-    x = torch.tensor([-1e4, -50.0, -1e-8, 0.0, 1e-8, 50.0, 1e4], dtype=F64)
     out = impl.GELUFunction.apply(x)
+    call = f"GELUFunction.apply({describe(x)})"
+    assert isinstance(out, torch.Tensor) and out.dtype == dtype, (
+        f"Called {call}. Returned {describe(out)}, expected a tensor of dtype {dtype}, the dtype of x."
+    )
     assert_close(
         out,
         F.gelu(x, approximate="tanh"),
-        call=f"GELUFunction.apply({describe(x)})",
-        because="GELU is ~0 for large negative inputs and ~x for large positive ones, never nan.",
+        call=call,
+        because='it must equal F.gelu(x, approximate="tanh"): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))).',
+        **_tolerance(dtype),
+    )
+    _assert_unchanged(call, x=(x, x_before))
+
+
+@pytest.mark.exercise("LinearFunction")
+def test_gelu_extreme_inputs(impl):
+    values = [-1e4, -50.0, -1e-8, 0.0, 1e-8, 50.0, 1e4]
+    x, theirs = (torch.tensor(values, dtype=F64, requires_grad=True) for _ in range(2))
+    call = f"GELUFunction.apply({describe(x.detach())})"
+    out = impl.GELUFunction.apply(x)
+    assert_close(
+        out.detach(),
+        F.gelu(theirs, approximate="tanh").detach(),
+        call=call,
+        because="GELU is ~0 for large negative inputs and ~x for large positive ones, never nan: torch.tanh "
+        "saturates at +-1, a tanh built from exp(u) overflows to inf / inf.",
+    )
+    upstream = torch.linspace(0.5, 2.0, len(values), dtype=F64)
+    out.backward(upstream)
+    F.gelu(theirs, approximate="tanh").backward(upstream)
+    assert x.grad is not None, f"Called {call}.backward(). It gave no gradient for x."
+    assert_close(
+        x.grad,
+        theirs.grad,
+        call=call + ".backward(grad_output)",
+        because="gelu'(x) is ~0 far left and ~1 far right; the (1 - tanh^2) term must vanish, not become nan.",
     )
 
 
@@ -502,15 +726,30 @@ def _regression_problem(seed: int, n: int = 16, n_in: int = 3, n_out: int = 2):
     return model, x, y
 
 
-def _fresh_sgd_steps(model: nn.Module, batches, lr: float) -> nn.Module:
-    """The oracle: a copy of ``model`` after one clean SGD step per batch."""
+def _lopsided_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A squared error plus a penalty on the predictions: not F.mse_loss, and not symmetric in its arguments,
+    so a train_step that ignores loss_fn or calls loss_fn(targets, outputs) takes another step."""
+    return ((pred - target) ** 2).mean() + 0.3 * (pred**2).mean()
+
+
+def _oracle_steps(model: nn.Module, batches, loss_fn, make_optimizer) -> nn.Module:
+    """The oracle: a copy of ``model`` after one clean step of torch's own optimizer per batch."""
     model = copy.deepcopy(model)
+    optimizer = make_optimizer(model.parameters())
     for x, y in batches:
-        grads = torch.autograd.grad(F.mse_loss(model(x), y), list(model.parameters()))
-        with torch.no_grad():
-            for p, g in zip(model.parameters(), grads, strict=True):
-                p -= lr * g
+        grads = torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p.grad = g
+        optimizer.step()
     return model
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+def _sgd_momentum(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
 
 def _assert_same_parameters(model: nn.Module, expected: nn.Module, call: str, because: str) -> None:
@@ -524,32 +763,35 @@ def _assert_same_parameters(model: nn.Module, expected: nn.Module, call: str, be
 def test_train_step_returns_float_loss_before_update(impl, seed):
     model, x, y = _regression_problem(seed)
     with torch.no_grad():
-        expected = F.mse_loss(model(x), y).item()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = impl.train_step(model, (x, y), optimizer, F.mse_loss)
+        expected = _lopsided_loss(model(x), y).item()
+    result = impl.train_step(model, (x, y), _sgd(model.parameters()), _lopsided_loss)
     assert type(result) is float, (
         f"Called train_step(...). Returned {describe(result)} of type {type(result).__name__}, expected a Python "
         "float, because a loss tensor keeps its autograd graph alive: return loss.item()."
     )
     assert math.isclose(result, expected, rel_tol=1e-9, abs_tol=1e-12), (
-        f"Called train_step(...). Returned {result!r}, expected {expected!r}, because it returns the loss of the "
-        "batch computed before optimizer.step(), the loss the gradient was taken on."
+        f"Called train_step(model, batch, optimizer, loss_fn). Returned {result!r}, expected {expected!r}, because "
+        "it returns loss_fn(model(inputs), targets) for the loss_fn it was given, computed before optimizer.step()."
     )
 
 
 @pytest.mark.exercise("train_step")
 @settings(max_examples=5, phases=NO_SHRINK)
 @given(seeds)
-def test_train_step_updates_like_one_sgd_step(impl, seed):
+def test_train_step_updates_like_one_optimizer_step(impl, seed):
     model, x, y = _regression_problem(seed)
-    expected = _fresh_sgd_steps(model, [(x, y)], lr=0.1)
-    impl.train_step(model, (x, y), torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss)
+    x_before, y_before = x.clone(), y.clone()
+    expected = _oracle_steps(model, [(x, y)], _lopsided_loss, _sgd)
+    call = "train_step(model, (x, y), SGD(lr=0.1), loss_fn) once"
+    impl.train_step(model, (x, y), _sgd(model.parameters()), _lopsided_loss)
     _assert_same_parameters(
         model,
         expected,
-        "train_step(model, (x, y), SGD(lr=0.1), F.mse_loss) once",
-        "one step moves every parameter by -lr * dloss/dparam (zero_grad, backward, then step).",
+        call,
+        "one step moves every parameter by -lr * d loss_fn(model(x), y) / d param: zero_grad, then the "
+        "loss_fn it was given (outputs first, targets second), backward, step.",
     )
+    _assert_unchanged(call, x=(x, x_before), y=(y, y_before))
 
 
 @pytest.mark.exercise("train_step")
@@ -558,16 +800,16 @@ def test_train_step_updates_like_one_sgd_step(impl, seed):
 def test_train_step_gradients_do_not_accumulate(impl, seed):
     model, x, y = _regression_problem(seed)
     x2, y2 = _randn(x.shape, seed + 7), _randn(y.shape, seed + 8)
-    expected = _fresh_sgd_steps(model, [(x, y), (x2, y2)], lr=0.1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = _oracle_steps(model, [(x, y), (x2, y2)], F.mse_loss, _sgd_momentum)
+    optimizer = _sgd_momentum(model.parameters())
     impl.train_step(model, (x, y), optimizer, F.mse_loss)
     impl.train_step(model, (x2, y2), optimizer, F.mse_loss)
     _assert_same_parameters(
         model,
         expected,
-        "train_step twice on the same model and SGD optimizer",
-        "the second step must use only the second batch's gradient: loss.backward() adds to "
-        ".grad, so call optimizer.zero_grad() before it.",
+        "train_step twice on the same model and SGD(lr=0.1, momentum=0.9) optimizer",
+        "the second step must use only the second batch's gradient (and the optimizer's own momentum): "
+        "loss.backward() adds to .grad, so call optimizer.zero_grad() before it.",
     )
 
 
@@ -576,10 +818,10 @@ def test_train_step_gradients_do_not_accumulate(impl, seed):
 @given(seeds)
 def test_train_step_ignores_stale_gradients(impl, seed):
     model, x, y = _regression_problem(seed)
-    expected = _fresh_sgd_steps(model, [(x, y)], lr=0.1)
+    expected = _oracle_steps(model, [(x, y)], F.mse_loss, _sgd)
     for p in model.parameters():
         p.grad = torch.full_like(p, 100.0)  # left over by someone else's backward
-    impl.train_step(model, (x, y), torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss)
+    impl.train_step(model, (x, y), _sgd(model.parameters()), F.mse_loss)
     _assert_same_parameters(
         model,
         expected,
@@ -608,14 +850,29 @@ def test_train_step_loss_decreases_on_a_fixed_problem(impl, seed):
     )
 
 
+class _ModeRecorder(nn.Module):
+    """A linear model that records, at every forward pass, whether it was in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2).to(F64)
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.linear(x)
+
+
 @pytest.mark.exercise("train_step")
-def test_train_step_puts_the_model_in_training_mode(impl):
-    model, x, y = _regression_problem(3)
+def test_train_step_runs_the_forward_pass_in_training_mode(impl):
+    _, x, y = _regression_problem(3)
+    model = _ModeRecorder()
     model.eval()
-    impl.train_step(model, (x, y), torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss)
-    assert model.training, (
-        "Called train_step on a model left in eval mode. Afterwards model.training is False, expected True, "
-        "because dropout and batch norm must behave as in training: call model.train()."
+    impl.train_step(model, (x, y), _sgd(model.parameters()), F.mse_loss)
+    assert model.modes and all(model.modes) and model.training, (
+        f"Called train_step on a model left in eval mode. Its forward passes ran with training={model.modes} and "
+        f"afterwards model.training is {model.training}; expected True throughout, because dropout and batch norm "
+        "must behave as in training: call model.train() before the forward pass."
     )
 
 
@@ -704,9 +961,11 @@ def test_fit_linear_regression_reaches_least_squares(impl, data):
 
 
 @pytest.mark.exercise("fit_linear_regression")
-@given(regression_data(), st.integers(0, 3), st.floats(0.01, 0.3))
-def test_fit_linear_regression_follows_gradient_descent(impl, data, steps, lr):
+@given(regression_data(), st.integers(0, 3), st.floats(0.01, 0.3), st.booleans())
+def test_fit_linear_regression_follows_gradient_descent(impl, data, steps, lr, transposed):
     x, y, _, _ = data
+    if transposed:  # the same values in a column-major (non-contiguous) layout
+        x = x.T.contiguous().T
     x_before, y_before = x.clone(), y.clone()
     weight, bias = _check_result_shapes(impl.fit_linear_regression(x, y, lr=lr, steps=steps), x.shape[1])
     w_expected, b_expected = _gd_oracle(x.numpy(), y.numpy(), lr, steps)
@@ -731,18 +990,70 @@ def test_fit_linear_regression_follows_gradient_descent(impl, data, steps, lr):
     assert not weight.requires_grad and not bias.requires_grad, (
         f"Called {call}. The returned tensors still require grad; return weight.detach(), bias.detach()."
     )
-    assert torch.equal(x, x_before) and torch.equal(y, y_before), f"Called {call}. It modified x or y."
+    _assert_unchanged(call, x=(x, x_before), y=(y, y_before))
+
+
+@pytest.mark.exercise("fit_linear_regression")
+def test_fit_linear_regression_defaults_are_lr_0_1_and_500_steps(impl):
+    # The second feature is small, so gradient descent along it is slow: after 500 steps the weights are
+    # still moving, and one step more or less, or another lr, shows.
+    g = _gen(11)
+    x = torch.randn(40, 2, generator=g, dtype=F64) * torch.tensor([1.0, 0.05], dtype=F64)
+    y = x @ torch.tensor([1.5, -2.0], dtype=F64) + 0.3
+    weight, bias = _check_result_shapes(impl.fit_linear_regression(x, y), 2)
+    w_expected, b_expected = _gd_oracle(x.numpy(), y.numpy(), 0.1, 500)
+    call = "fit_linear_regression(x (40, 2), y) with the default lr and steps"
+    because = "the defaults are lr=0.1 and steps=500; along the small feature the fit has not converged yet."
+    assert_close(weight, w_expected, call=call + " -> weight", rtol=1e-9, atol=1e-12, because=because)
+    assert_close(bias, np.float64(b_expected), call=call + " -> bias", rtol=1e-9, atol=1e-12, because=because)
+
+
+@pytest.mark.exercise("fit_linear_regression")
+def test_fit_linear_regression_follows_dtype_and_device_of_x(impl):
+    g = _gen(12)
+    x = torch.randn(24, 3, generator=g)
+    y = x @ torch.tensor([0.5, -1.0, 2.0]) - 0.25
+    weight, bias = _check_result_shapes(impl.fit_linear_regression(x, y, lr=0.1, steps=20), 3)
+    call = "fit_linear_regression(x (24, 3) float32, y float32, lr=0.1, steps=20)"
+    assert weight.dtype == torch.float32 and bias.dtype == torch.float32, (
+        f"Called {call}. Returned weight {weight.dtype} and bias {bias.dtype}, expected float32, because the "
+        "parameters are created in the dtype of x."
+    )
+    w_expected, b_expected = _gd_oracle(x.double().numpy(), y.double().numpy(), 0.1, 20)
+    assert_close(weight, w_expected, call=call + " -> weight", rtol=1e-4, atol=1e-5, because="float32 follows it too.")
+    assert_close(bias, np.float64(b_expected), call=call + " -> bias", rtol=1e-4, atol=1e-5, because="likewise.")
+    # "meta" tensors have a device but no data: the parameters must be created on x.device, as on a GPU.
+    x_meta, y_meta = torch.empty(8, 3, device="meta"), torch.empty(8, device="meta")
+    call = "fit_linear_regression(x (8, 3) on device 'meta', y (8,) on 'meta', lr=0.1, steps=2)"
+    try:
+        result = impl.fit_linear_regression(x_meta, y_meta, lr=0.1, steps=2)
+    except RuntimeError as err:
+        if isinstance(err, NotImplementedError):
+            raise
+        raise AssertionError(
+            f"Called {call}. It raised {err!r}. Everything must happen on x's device: create weight and bias "
+            "with device=x.device, and read no value back (.item()): meta tensors have a shape but no values."
+        ) from None
+    weight, bias = _check_result_shapes(result, 3)
+    assert weight.device.type == "meta" and bias.device.type == "meta", (
+        f"Called {call}. Returned weight on {weight.device} and bias on {bias.device}, expected both on meta, "
+        "because the parameters are created on the device of x."
+    )
 
 
 @pytest.mark.exercise("fit_linear_regression")
 @pytest.mark.parametrize(
     ("shape_x", "shape_y", "kwargs", "match"),
     [
-        ((8,), (8,), {}, r"\(8,\)"),
-        ((8, 2), (7,), {}, r"\(7,\)"),
-        ((8, 2), (8, 1), {}, r"\(8, 1\)"),
+        ((8,), (8,), {}, _shape_pattern((8,))),
+        ((8, 2), (7,), {}, _shape_pattern((7,))),
+        ((8, 2), (8, 1), {}, _shape_pattern((8, 1))),
         ((8, 2), (8,), {"steps": -1}, "-1"),
+        ((8, 2), (8,), {"steps": True}, "True"),
+        ((8, 2), (8,), {"steps": 2.0}, "2.0"),
         ((8, 2), (8,), {"lr": 0.0}, "0.0"),
+        ((8, 2), (8,), {"lr": -0.5}, "-0.5"),
+        ((8, 2), (8,), {"lr": math.nan}, "nan"),
     ],
 )
 def test_fit_linear_regression_rejects_bad_input(impl, shape_x, shape_y, kwargs, match):

@@ -41,7 +41,8 @@ class SimpleNet(nn.Module):
     - Assign the layers as attributes so that ``nn.Module`` registers their parameters; the model then
       has ``input_size*hidden_size + hidden_size + hidden_size*output_size + output_size`` parameters.
     - Do not forget ``super().__init__()`` first: without it, assigning a layer raises an error.
-    - A size that is not a positive integer raises ``ValueError`` naming it.
+    - A size that is not a positive ``int`` (``0``, ``-3``, ``2.0``, or ``True``: a bool is no size) raises
+      ``ValueError`` whose message names the argument and its value (``hidden_size`` and ``0``, say).
     - The ReLU sits between the two layers only; without it the two layers collapse into one linear map.
 
     Example:
@@ -70,12 +71,13 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     ``(pred - target) ** 2``; ``reduction`` says what to return:
 
     - ``"mean"``: the mean over EVERY element (a 0-d tensor). For a ``(N, D)`` input that is the sum
-      divided by ``N * D``, not by the batch size ``N``;
+      divided by ``N * D``, not by the batch size ``N`` (an empty input gives ``nan``, as in PyTorch);
     - ``"sum"``: the sum over every element (a 0-d tensor);
     - ``"none"``: the element-wise losses, shape of ``pred``.
 
     Rules:
-    - Use torch operations only, so that autograd can differentiate the result.
+    - Use torch operations only, so that autograd can differentiate the result, which has the dtype
+      of the inputs. ``pred`` and ``target`` are not modified (no ``pred -= target``).
     - Different shapes raise ``ValueError`` naming both shapes. (PyTorch only warns here: ``(N, 1)``
       predictions against ``(N,)`` targets broadcast to an ``(N, N)`` matrix and the loss silently
       compares every prediction with every target.)
@@ -96,8 +98,8 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy from scratch; must agree with ``torch.nn.functional.cross_entropy``.
 
-    ``logits`` has shape ``(N, C)`` (unnormalised scores), ``target`` shape ``(N,)`` with integer class
-    indices in ``[0, C)``. Returns a 0-d tensor::
+    ``logits`` has shape ``(N, C)`` (unnormalised scores), ``target`` shape ``(N,)`` with integer
+    (``torch.long``) class indices in ``[0, C)``. Returns a 0-d tensor of the dtype of ``logits``::
 
         log_probs[i] = log_softmax(logits[i])                        # (C,)
         loss_i = -(1 - eps) * log_probs[i, target[i]] - eps * mean_c(log_probs[i, c])
@@ -114,8 +116,11 @@ def cross_entropy(
       number of positions that are NOT ignored (padding must not dilute the loss). Note that
       ``ignore_index`` may be a real class index (a pad id of 0, say). An ignored target such as
       ``-100`` is no valid index: do not use it to index ``log_probs`` unmasked.
+    - When no position counts (every target is ``ignore_index``, or ``N == 0``) the mean is
+      ``0 / 0``: the result is ``nan``, as in PyTorch.
     - A target that is neither in ``[0, C)`` nor ``ignore_index`` raises ``ValueError`` naming the
-      value; so does ``label_smoothing`` outside ``[0, 1]``, and logits that are not 2-D.
+      value; so does ``label_smoothing`` outside ``[0, 1]``, and logits that are not 2-D or a target
+      that is not of shape ``(N,)`` (naming the shape).
     - Torch operations only (the checks compare gradients with PyTorch's).
 
     Example:
@@ -261,7 +266,8 @@ def fit_linear_regression(
 
     ``x`` has shape ``(N, D)``, ``y`` shape ``(N,)``. Start from ``weight = zeros(D)`` and
     ``bias = zeros(())`` (a 0-d tensor) with ``requires_grad=True``, in the dtype and on the device of
-    ``x``. Then, exactly ``steps`` times:
+    ``x`` (the checks pass tensors on the ``"meta"`` device, which have a shape but no values, so
+    never read a value back with ``.item()`` on the way). Then, exactly ``steps`` times:
 
     1. ``loss = mean((x @ weight + bias - y) ** 2)`` (the MEAN squared error, not the sum);
     2. ``loss.backward()``;
@@ -271,8 +277,9 @@ def fit_linear_regression(
     Return ``(weight, bias)`` detached from the graph (``requires_grad`` False): shapes ``(D,)`` and ``()``.
     (You may use ``torch.optim.SGD`` for steps 3-4; the result is the same.)
 
-    Rules: ``x`` not 2-D, ``y`` not of shape ``(N,)``, ``steps`` negative or ``lr`` not positive raise
-    ``ValueError`` naming the value. ``x`` and ``y`` are not modified.
+    Rules: ``x`` not 2-D, ``y`` not of shape ``(N,)``, ``steps`` that is not a non-negative ``int``
+    (``-1``, ``2.0`` or ``True``) or ``lr`` that is not positive (``0``, ``-0.5`` or ``nan``) raise
+    ``ValueError`` naming the value (or the shape). ``x`` and ``y`` are not modified.
 
     Example:
         >>> x = torch.randn(64, 2, dtype=torch.float64)
