@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from checks.harness.catalogue import mistake, variant
+from checks.harness.catalogue import mistake, mutant, variant
 from reference.phase2.w09_training import (
     AdamW,
     BatchNorm1d,
@@ -90,19 +90,47 @@ class LayerNormDetachedStatistics(LayerNorm):
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
+@mistake("LayerNorm", "subtracts the mean in place (x -= mean), destroying the caller's tensor")
+class LayerNormCentresInPlace(LayerNorm):
+    def forward(self, x):
+        x -= x.mean(dim=_dims(self), keepdim=True)
+        var = x.pow(2).mean(dim=_dims(self), keepdim=True)
+        return x / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+@mistake("LayerNorm", "flattens the normalised dimensions with .view, which fails on non-contiguous input (use "
+                      "reshape)")
+class LayerNormView(LayerNorm):
+    def forward(self, x):
+        n = len(self.normalized_shape)
+        flat = x.view(*x.shape[:-n], -1)
+        mean = flat.mean(dim=-1, keepdim=True)
+        var = (flat - mean).pow(2).mean(dim=-1, keepdim=True)
+        y = ((flat - mean) / torch.sqrt(var + self.eps)).view(x.shape)
+        return y * self.weight + self.bias
+
+
+@mutant("LayerNorm", "defaults eps to 1e-12 (BERT's configuration) instead of nn.LayerNorm's 1e-5",
+        replace={"eps: float = 1e-5": "eps: float = 1e-12"})
+def layernorm_bert_eps():
+    """Built from the reference with the default eps changed."""
+
+
 @variant("LayerNorm", "flattens the normalised dimensions and uses torch.var_mean(correction=0) and torch.rsqrt")
 class LayerNormVarMean(LayerNorm):
     def forward(self, x):
         n = len(self.normalized_shape)
         if x.dim() < n or tuple(x.shape[-n:]) != self.normalized_shape:
             raise ValueError(f"expected trailing dimensions {self.normalized_shape}, got shape {tuple(x.shape)}")
-        flat = x.reshape(*x.shape[:-n], -1)
+        flat = x.reshape(*x.shape[:-n], math.prod(self.normalized_shape))  # not -1: ambiguous for an empty batch
         var, mean = torch.var_mean(flat, dim=-1, correction=0, keepdim=True)
         y = ((flat - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
         return torch.addcmul(self.bias, y, self.weight)
 
 
-@variant("LayerNorm", "computes the variance as E[x^2] - E[x]^2 (fine in float64 for moderate inputs)")
+@mistake("LayerNorm", "computes the variance as E[x^2] - E[x]^2, which cancels catastrophically when a row's mean is "
+                      "large compared with its spread (float32 rows near 1e4 lose every digit); subtract the mean "
+                      "first")
 class LayerNormSecondMoment(LayerNorm):
     def forward(self, x):
         n = len(self.normalized_shape)
@@ -194,6 +222,44 @@ class BatchNormStatsAsParameters(BatchNorm1d):
         self.running_var = nn.Parameter(torch.ones(num_features), requires_grad=False)
 
 
+@mistake("BatchNorm1d", "computes the batch variance as E[x^2] - E[x]^2, which cancels catastrophically in float32 "
+                        "when a channel's mean is large compared with its spread")
+class BatchNormSecondMoment(BatchNorm1d):
+    def forward(self, x):
+        dims, shape, n = _bn_stats(x)
+        if not self.training:
+            return super().forward(x)
+        mean = x.mean(dim=dims)
+        var = (x * x).mean(dim=dims) - mean * mean
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
+        x_hat = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+        return x_hat * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+@mutant("BatchNorm1d", "normalises the batch with the UNBIASED variance (torch.var's default); only the running "
+                       "variance is unbiased",
+        replace={"x.var(dim=dims, unbiased=False)": "x.var(dim=dims)"})
+def batchnorm_unbiased_batch_variance():
+    """Built from the reference with the biased batch variance made unbiased."""
+
+
+@mutant("BatchNorm1d", "counts n = N values per channel for 3-D input, forgetting the length axis, so the running "
+                       "variance gets the wrong n / (n - 1) correction",
+        replace={"n = x.numel() // self.num_features": "n = x.shape[0]"})
+def batchnorm_n_ignores_length():
+    """Built from the reference with n taken from the batch axis alone."""
+
+
+@mutant("BatchNorm1d", "registers the running statistics as non-persistent buffers: state_dict() does not save them, "
+                       "so a reloaded model normalises with the initial 0 / 1",
+        replace={"torch.zeros(self.num_features))": "torch.zeros(self.num_features), persistent=False)",
+                 "torch.ones(self.num_features))": "torch.ones(self.num_features), persistent=False)"})
+def batchnorm_buffers_not_saved():
+    """Built from the reference with persistent=False on both buffers."""
+
+
 @variant("BatchNorm1d", "moves channels last, works on an (n, C) matrix, and updates the running stats with lerp_")
 class BatchNormChannelsLast(BatchNorm1d):
     def forward(self, x):
@@ -263,6 +329,15 @@ class DropoutReseeds(Dropout):
         return super().forward(x)
 
 
+@mistake("Dropout", "draws the mask with torch.rand(x.shape), which lives on the CPU whatever device x is on")
+class DropoutMaskOnCpu(Dropout):
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        scale = 0.0 if self.p == 1.0 else 1 / (1 - self.p)
+        return x * (torch.rand(x.shape) >= self.p) * scale
+
+
 @variant("Dropout", "draws the mask with torch.bernoulli(1 - p) and divides by 1 - p only when p < 1")
 class DropoutBernoulli(Dropout):
     def forward(self, x):
@@ -315,6 +390,59 @@ class LSTMCellNoTanhOnCell(LSTMCell):
         return torch.sigmoid(o) * c_next, c_next
 
 
+@mistake("LSTMCell", "updates the cell state in place (c.mul_(sigmoid(f)).add_(...)), overwriting the caller's state")
+class LSTMCellInPlaceState(LSTMCell):
+    def forward(self, x, state=None):
+        h, c = _zeros_state(self, x, state, True)
+        gates = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c_next = c.mul_(torch.sigmoid(f)).add_(torch.sigmoid(i) * torch.tanh(g))
+        return torch.sigmoid(o) * torch.tanh(c_next), c_next
+
+
+@mistake("LSTMCell", "initialises with torch.rand(...) / sqrt(H), i.e. uniformly in [0, 1/sqrt(H)): every weight "
+                     "starts positive instead of in [-1/sqrt(H), 1/sqrt(H)]")
+class LSTMCellPositiveInit(LSTMCell):
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.rand(p.shape) / math.sqrt(hidden_size))
+
+
+@mistake("LSTMCell", "creates the default state with torch.zeros(B, H): float32 on the CPU, whatever x's dtype and "
+                     "device (x.new_zeros(B, H) follows x)")
+class LSTMCellCpuFloatState(LSTMCell):
+    def forward(self, x, state=None):
+        if state is None:
+            zeros = torch.zeros(x.shape[0], self.hidden_size)
+            state = (zeros, zeros)
+        return super().forward(x, state)
+
+
+@variant("LSTMCell", "initialises in reset_parameters() with nn.init.uniform_ (as PyTorch's RNNCellBase does) and "
+                     "returns the new state through torch.addcmul and Tensor.tanh")
+class LSTMCellResetParameters(LSTMCell):
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def forward(self, x, state=None):
+        if x.dim() != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"expected input of shape (B, {self.input_size}), got {tuple(x.shape)}")
+        h, c = _zeros_state(self, x, state, True)
+        gates = x @ self.weight_ih.T + self.bias_ih + h @ self.weight_hh.T + self.bias_hh
+        i, f, g, o = gates.chunk(4, dim=1)
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        c_next = torch.addcmul(f * c, i, g)
+        return o * c_next.tanh(), c_next
+
+
 @variant("LSTMCell", "one matrix product of [x, h] with the weights concatenated along the input axis")
 class LSTMCellConcatenated(LSTMCell):
     def forward(self, x, state=None):
@@ -363,6 +491,16 @@ class GRUCellResetBeforeMatmul(GRUCell):
         r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + F.linear(r * h, self.weight_hh[2 * H:], self.bias_hh[2 * H:]))
         return (1 - z) * n + z * h
+
+
+@mistake("GRUCell", "initialises the biases to zero (as many Linear layers do); PyTorch's cells draw them from "
+                    "U(-1/sqrt(H), 1/sqrt(H)) like the weights")
+class GRUCellZeroBias(GRUCell):
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        with torch.no_grad():
+            self.bias_ih.zero_()
+            self.bias_hh.zero_()
 
 
 @variant("GRUCell", "slices each gate's weights and runs one F.linear per gate, with torch.lerp for the update")
@@ -440,6 +578,17 @@ class LSTMWithAttentionUncheckedHeads(LSTMWithAttention):
         self.linear = nn.Linear(hidden_dim, vocab_size)
 
 
+@mistake("LSTMWithAttention", "builds the causal mask with torch.ones(t, t) on the CPU, whatever device the "
+                              "tokens are on")
+class LSTMWithAttentionMaskOnCpu(LSTMWithAttention):
+    def forward(self, x):
+        t = x.shape[1]
+        lstm_out, _ = self.lstm(self.embedding(x))
+        mask = torch.triu(torch.ones(t, t), diagonal=1).bool()
+        attended, _ = self.attention(lstm_out, lstm_out, lstm_out, attn_mask=mask, need_weights=False)
+        return self.linear(attended)
+
+
 @variant("LSTMWithAttention", "keeps nn.MultiheadAttention sequence-first and transposes around it, with a 0/-inf "
                               "float mask from nn.Transformer.generate_square_subsequent_mask")
 class LSTMWithAttentionSequenceFirst(LSTMWithAttention):
@@ -452,7 +601,7 @@ class LSTMWithAttentionSequenceFirst(LSTMWithAttention):
             raise ValueError(f"expected (B, T) token ids, got {tuple(x.shape)}")
         lstm_out, _ = self.lstm(self.embedding(x))
         seq = lstm_out.transpose(0, 1)  # (T, B, H)
-        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=seq.dtype)
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=seq.device, dtype=seq.dtype)
         attended, _ = self.attention(seq, seq, seq, attn_mask=mask, need_weights=False)
         return self.linear(attended.transpose(0, 1))
 
@@ -502,8 +651,27 @@ def clip_consumes_generator_twice(parameters, max_norm, norm_type=2.0):
     return total
 
 
-@variant("clip_grad_norm_", "concatenates every gradient into one vector for the norm (max |g| for inf) and assigns "
-                            "new scaled tensors to p.grad instead of scaling in place")
+@mistake("clip_grad_norm_", "assigns new tensors (p.grad = p.grad * coef) instead of scaling the gradients in place: "
+                            "code holding the gradient tensors never sees the clipping")
+def clip_assigns_new_grads(parameters, max_norm, norm_type=2.0):
+    params = [p for p in _as_list(parameters) if p.grad is not None]
+    if not params:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad, norm_type) for p in params]),
+                                     norm_type)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        p.grad = p.grad * coef
+    return total
+
+
+@mistake("clip_grad_norm_", "returns the norm as a Python float (total.item()) instead of a 0-dim tensor")
+def clip_returns_float(parameters, max_norm, norm_type=2.0):
+    return clip_grad_norm_(parameters, max_norm, norm_type).item()
+
+
+@variant("clip_grad_norm_", "concatenates every gradient into one vector for the norm (max |g| for inf) and scales "
+                            "with a Python float factor")
 def clip_flatten_cat(parameters, max_norm, norm_type=2.0):
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
@@ -516,7 +684,7 @@ def clip_flatten_cat(parameters, max_norm, norm_type=2.0):
     total = flat.abs().max() if math.isinf(norm_type) else flat.abs().pow(norm_type).sum().pow(1 / norm_type)
     coef = min(1.0, max_norm / (float(total) + 1e-6))
     for p in params:
-        p.grad = p.grad * coef
+        p.grad.mul_(coef)
     return total
 
 
@@ -619,6 +787,18 @@ class AdamWPrivateState(AdamW):
         return loss
 
 
+@mutant("AdamW", "copies Adam's default weight_decay=0; AdamW's default is 1e-2",
+        replace={"weight_decay: float = 1e-2": "weight_decay: float = 0.0"})
+def adamw_adam_default_decay():
+    """Built from the reference with the default weight decay changed."""
+
+
+@mutant("AdamW", "rejects beta = 0 (checks 0 < beta < 1); beta1 = 0 (no momentum, as in RMSprop) is allowed",
+        replace={"0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0": "0.0 < betas[0] < 1.0 and 0.0 < betas[1] < 1.0"})
+def adamw_rejects_zero_beta():
+    """Built from the reference with the lower bounds of the betas made strict."""
+
+
 @variant("AdamW", "the paper's form: explicit m_hat and v_hat, the step count kept as a float tensor (as torch does)")
 class AdamWPaperForm(AdamW):
     @torch.no_grad()
@@ -678,6 +858,12 @@ def warmup_cosine_ignores_min_lr(step, warmup_steps, total_steps, max_lr, min_lr
     return 0.5 * max_lr * (1 + math.cos(math.pi * progress))
 
 
+@mutant("warmup_cosine_lr", "returns min_lr as given after the end (an int when min_lr is an int), not a float",
+        replace={"return float(min_lr)": "return min_lr"})
+def warmup_returns_min_lr_unconverted():
+    """Built from the reference without the float() after the end of the schedule."""
+
+
 @variant("warmup_cosine_lr", "writes the decay as min_lr + (max_lr - min_lr) * cos^2(pi * progress / 2), clamping "
                              "progress to [0, 1] instead of branching on total_steps")
 def warmup_cosine_half_angle(step, warmup_steps, total_steps, max_lr, min_lr=0.0):
@@ -695,7 +881,7 @@ def warmup_cosine_half_angle(step, warmup_steps, total_steps, max_lr, min_lr=0.0
 
 
 def _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, *, clip_after_step=False,
-          zero_grad=True, reduce="mean", view=False, per_epoch_schedule=False):
+          zero_grad=True, reduce="mean", view=False, per_epoch_schedule=False, loss_after_step=False):
     """The reference loop with one switch per catalogued mistake."""
     if epochs < 1 or len(dataloader) == 0:
         raise ValueError("nothing to train")
@@ -720,8 +906,13 @@ def _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, m
             optimizer.step()
             if clip_after_step:
                 clip_grad_norm_(model.parameters(), max_norm)
-            total += loss.item()
-            count += 1
+            if loss_after_step:
+                with torch.no_grad():
+                    output = model(inputs)
+                    loss = F.cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
+            weight = targets.numel() if reduce == "tokens" else 1  # "tokens": weigh each batch by its size
+            total += loss.item() * weight
+            count += weight
             step += 1
         losses.append(total if reduce == "sum" else total / count)
     return losses
@@ -756,6 +947,20 @@ def train_model_seed_view(model, dataloader, epochs=100, lr=1e-3, weight_decay=0
 def train_model_schedule_per_epoch(model, dataloader, epochs=100, lr=1e-3, weight_decay=0.01, max_norm=1.0,
                                    warmup_steps=0, min_lr=0.0):
     return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, per_epoch_schedule=True)
+
+
+@mistake("train_model", "averages the epoch's loss over tokens (weighing each batch by its size) instead of "
+                        "taking the mean of the batch losses")
+def train_model_token_weighted_epoch_loss(model, dataloader, epochs=100, lr=1e-3, weight_decay=0.01, max_norm=1.0,
+                                          warmup_steps=0, min_lr=0.0):
+    return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, reduce="tokens")
+
+
+@mistake("train_model", "reports each batch's loss measured again after optimizer.step() instead of the loss the "
+                        "step was computed from")
+def train_model_loss_after_step(model, dataloader, epochs=100, lr=1e-3, weight_decay=0.01, max_norm=1.0,
+                                warmup_steps=0, min_lr=0.0):
+    return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, loss_after_step=True)
 
 
 @variant("train_model", "uses torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ and a LambdaLR scheduler stepped "

@@ -7,6 +7,24 @@ formulas, statistical bounds and causal / batch-independence properties written 
 is float64 and tiny; every random tensor comes from a drawn seed (``torch.Generator``), and code that must
 use torch's global generator (dropout, default initialisation) runs inside ``torch.random.fork_rng`` with a
 drawn seed, so the global state is left as it was.
+
+Checklist notes (CONTRACTS.md items that do not apply, or apply only in part):
+- 1 inputs unchanged: clip_grad_norm_ scales the gradients, AdamW the parameters and train_model the model by
+  contract; what must stay (the other parameters' values, the frozen parameter) is checked.
+- 2 size 0: only LayerNorm documents arbitrary leading dimensions (an empty batch is checked); BatchNorm1d rejects
+  fewer than 2 values per channel in training; the cells, the model and the loop do not document empty batches.
+- 3 devices: CI has only the CPU, so the modules run on the meta device to prove that what they create follows x;
+  clip_grad_norm_ / AdamW create tensors only from the gradients themselves (``torch.tensor(0.0)`` is documented).
+  LSTMWithAttention works on integer token ids; the float layers inside it are PyTorch's.
+- 6 state over time: LayerNorm, Dropout, the cells (state passed explicitly), clip_grad_norm_ and the schedule keep
+  none; BatchNorm1d (train then eval), AdamW (state_dict round trip, schedules) and train_model (epochs) are
+  checked over several calls.
+- 7 module structure: the functions and AdamW have none; LSTMWithAttention's layers are PyTorch's, so their
+  initial values are PyTorch's business and only their layout, sizes and default head count are checked.
+- 8 randomness: nothing takes a ``generator``; Dropout and the cells' initialisation use the global generator by
+  contract (same seed same draw, different seeds differ, a fresh mask per call); the rest draws nothing.
+- 9 numerics at scale: float32 rows/channels at +-1e4 for the normalisations; Dropout p = 1 (no nan); AdamW tiny
+  gradients against eps; clip_grad_norm_ with inf norms; the schedule has no extreme inputs beyond its range.
 """
 
 from __future__ import annotations
@@ -49,6 +67,21 @@ def _copy_by_name(mine: nn.Module, theirs: nn.Module, names: tuple[str, ...], ow
                 f"{describe(target) if target is not None else None}."
             )
             target.copy_(source)
+
+
+def _cause_if_wrong(symbol: str, run, actual, expected, rtol: float, atol: float) -> str | None:
+    """``likely_cause`` of ``actual``, asked only when it differs from ``expected``: a pass never runs the
+    catalogue."""
+    if error_report(actual, expected, rtol, atol) is None:
+        return None
+    return likely_cause(KATA, symbol, run, actual, rtol=rtol, atol=atol)
+
+
+def _likely(symbol: str, run, actual, **tolerance) -> str:
+    """The "Likely cause" line of a failure message written by hand; put it in the assert's message, which is only
+    built when the assertion fails."""
+    cause = likely_cause(KATA, symbol, run, actual, **tolerance)
+    return f"\nLikely cause: {cause}" if cause else ""
 
 
 def _forbid(monkeypatch: pytest.MonkeyPatch, what: str, targets: list[tuple[object, str]]) -> None:
@@ -107,9 +140,11 @@ def _my_layernorm(cls, shape_arg, eps: float, theirs: nn.LayerNorm) -> nn.Module
 
 
 def _layernorm_input(lead, shape_arg, scale, seed) -> torch.Tensor:
+    """Rows with their own offset; every other seed gives a NON-contiguous view (a learner's .view fails)."""
     gen = generator(seed + 1)
     shape = lead + _norm_tuple(shape_arg)
-    return randn(gen, *shape, scale=scale) + randn(gen, *shape[:-1], 1, scale=2.0)  # an offset per row
+    x = randn(gen, *shape, scale=scale) + randn(gen, *shape[:-1], 1, scale=2.0)  # an offset per row
+    return x if seed % 2 or x.dim() < 2 else x.mT.contiguous().mT  # same values, last two dims transposed in memory
 
 
 @pytest.mark.exercise("LayerNorm")
@@ -122,13 +157,16 @@ def test_layernorm_matches_torch(impl, case):
     lead, shape_arg, eps, scale, seed = case
     theirs = _torch_layernorm(shape_arg, eps, seed)
     x = _layernorm_input(lead, shape_arg, scale, seed)
+    pristine = x.clone()
     mine = _my_layernorm(impl.LayerNorm, shape_arg, eps, theirs)
     with torch.no_grad():
-        got, expected = mine(x), theirs(x)
-    cause = None
-    if error_report(got, expected, 1e-7, 1e-10):
-        cause = likely_cause(KATA, "LayerNorm", lambda cls: _my_layernorm(cls, shape_arg, eps, theirs)(x), got,
-                             rtol=1e-7, atol=1e-10)
+        got, expected = mine(x), theirs(pristine)
+    assert torch.equal(x, pristine), (
+        f"Called LayerNorm({shape_arg!r}, eps={eps})(x of shape {tuple(x.shape)}) and x itself changed: do not modify "
+        "the input in place (x -= mean, x.sub_(...)); the caller still needs it (a residual connection adds it back)."
+    )
+    cause = _cause_if_wrong("LayerNorm", lambda cls: _my_layernorm(cls, shape_arg, eps, theirs)(pristine.clone()),
+                            got, expected, 1e-7, 1e-10)
     assert_close(got, expected, call=f"LayerNorm({shape_arg!r}, eps={eps})(x of shape {tuple(x.shape)})",
                  rtol=1e-7, atol=1e-10, cause=cause,
                  because="it must equal nn.LayerNorm with the same weight and bias: the last "
@@ -172,30 +210,68 @@ def test_layernorm_passes_gradcheck(impl):
 
 
 @pytest.mark.exercise("LayerNorm")
-def test_layernorm_layout_and_dtype(impl):
-    ln = impl.LayerNorm((2, 3), eps=1e-4)
+def test_layernorm_layout_defaults_dtype_and_device(impl):
+    ln = impl.LayerNorm([2, 3], eps=1e-4)  # any sequence of ints; stored as a tuple
     params = dict(ln.named_parameters())
     assert set(params) >= {"weight", "bias"}, (
-        f"LayerNorm((2, 3)).named_parameters() gives {sorted(params)}; weight and bias must be nn.Parameter "
+        f"LayerNorm([2, 3]).named_parameters() gives {sorted(params)}; weight and bias must be nn.Parameter "
         "attributes, or .parameters() - and so every optimizer - never sees them and they are never trained."
     )
-    assert_close(params["weight"], torch.ones(2, 3), call="LayerNorm((2, 3)).weight",
+    assert_close(params["weight"], torch.ones(2, 3), call="LayerNorm([2, 3]).weight",
                  because="the scale starts at ones (the layer starts as a pure normalisation).")
-    assert_close(params["bias"], torch.zeros(2, 3), call="LayerNorm((2, 3)).bias", because="the shift starts at zeros.")
-    assert tuple(ln.normalized_shape) == (2, 3) and ln.eps == 1e-4, (
-        f"LayerNorm((2, 3), eps=1e-4) stores normalized_shape={ln.normalized_shape!r}, eps={ln.eps!r}; "
-        "expected (2, 3) and 0.0001."
+    assert_close(params["bias"], torch.zeros(2, 3), call="LayerNorm([2, 3]).bias", because="the shift starts at zeros.")
+    assert ln.normalized_shape == (2, 3) and isinstance(ln.normalized_shape, tuple) and ln.eps == 1e-4, (
+        f"LayerNorm([2, 3], eps=1e-4) stores normalized_shape={ln.normalized_shape!r}, eps={ln.eps!r}; "
+        "expected the tuple (2, 3) and 0.0001."
     )
     single = impl.LayerNorm(3)
-    assert tuple(single.normalized_shape) == (3,), (
-        f"LayerNorm(3).normalized_shape is {single.normalized_shape!r}; an int n means the tuple (n,)."
+    assert single.normalized_shape == (3,) and single.eps == 1e-5, (
+        f"LayerNorm(3) stores normalized_shape={single.normalized_shape!r}, eps={single.eps!r}; an int n means the "
+        "tuple (n,), and eps defaults to 1e-5 (as nn.LayerNorm's)."
     )
+    x = torch.tensor([[0.0, 0.004, 0.002]], dtype=DT)  # variance 2.7e-6, below the default eps: eps matters
+    with torch.no_grad():
+        got = single.double()(x)
+    assert_close(got, F.layer_norm(x, (3,)), call="LayerNorm(3) (default eps) on [[0, 0.004, 0.002]] (float64)",
+                 rtol=1e-7, atol=1e-10, because="the default eps is 1e-5, as nn.LayerNorm's; with a variance this "
+                                                 "small eps changes the result.")
     x = torch.randn(4, 2, 3, generator=generator(0))
     out = ln(x)
     assert out.shape == x.shape and out.dtype == torch.float32, (
         f"Called LayerNorm((2, 3))(float32 x of shape (4, 2, 3)). Returned {describe(out)}; expected the input's "
         "shape and dtype."
     )
+    empty = ln(torch.zeros(0, 2, 3))
+    assert empty.shape == (0, 2, 3), f"LayerNorm((2, 3)) on an empty batch (0, 2, 3) returned {describe(empty)}."
+    meta = ln.to("meta")(torch.empty(4, 2, 3, device="meta"))
+    assert meta.device.type == "meta" and meta.shape == (4, 2, 3), (
+        f"Called LayerNorm((2, 3)) moved to the meta device on a meta input. Returned {describe(meta)} on "
+        f"{meta.device}; expected shape (4, 2, 3) on meta: every tensor made inside must live on x's device."
+    )
+
+
+@pytest.mark.exercise("LayerNorm")
+def test_layernorm_float32_rows_far_from_zero(impl):
+    gen = generator(7)
+    x = torch.randn(6, 32, generator=gen)
+    x[1] += 1e4  # far above zero
+    x[2] -= 1e4  # far below
+    x[3] = x[3] * 1e-3 + 5.0  # a tiny spread around 5
+    x[4] = 3.0  # constant: variance 0, only eps keeps it finite
+    x[5] *= 1e4
+    ln = impl.LayerNorm(32)
+    with torch.no_grad():
+        got = ln(x)
+    expected = F.layer_norm(x, (32,))
+    # float32 cannot even represent x - mean in the rows near +-1e4 better than ulp(1e4) ~ 1e-3, so the
+    # tolerance is a few of those ulps (relative to each row's spread of about 1).
+    assert_close(got, expected, rtol=1e-3, atol=1e-2,
+                 call="LayerNorm(32) on float32 rows: ordinary, +1e4 offset, -1e4 offset, spread 1e-3, constant, "
+                      "scale 1e4",
+                 because="in float32, E[x^2] - E[x]^2 cancels catastrophically when a row's mean is large compared "
+                         "with its spread (here it loses every digit, and can even go negative). Subtract the mean "
+                         "first: var = ((x - mean) ** 2).mean(); a constant row gives 0 / sqrt(eps) = 0, then bias.",
+                 cause=_cause_if_wrong("LayerNorm", lambda cls: cls(32)(x.clone()), got, expected, 1e-3, 1e-2))
 
 
 @pytest.mark.exercise("LayerNorm")
@@ -204,10 +280,14 @@ def test_layernorm_rejects_bad_input(impl):
         impl.LayerNorm(4)(torch.zeros(5, 3))  # the last dimension is 3, not 4
     with pytest.raises(ValueError, match=r"2, 7, 2"):
         impl.LayerNorm((3, 2))(torch.zeros(2, 7, 2))
-    with pytest.raises(ValueError):
-        impl.LayerNorm(0)
-    with pytest.raises(ValueError):
-        impl.LayerNorm(3, eps=-1.0)
+    with pytest.raises(ValueError, match=r"\(3,\)|\b3\b"):
+        impl.LayerNorm((2, 3))(torch.zeros(3))  # fewer dimensions than normalized_shape
+    for shape, named in ((0, "0"), ((2, -1), "-1"), ((), r"\(\)")):
+        with pytest.raises(ValueError, match=named):
+            impl.LayerNorm(shape)
+    with pytest.raises(ValueError, match="-0.5"):
+        impl.LayerNorm(3, eps=-0.5)
+    impl.LayerNorm(3, eps=0.0)  # allowed: eps >= 0
 
 
 @pytest.mark.exercise("LayerNorm")
@@ -242,10 +322,13 @@ def _bn_pair(cls, C: int, momentum: float, eps: float, seed: int) -> tuple[nn.Mo
 
 
 def _bn_batches(C: int, N: int, L: int | None, seed: int, count: int) -> list[torch.Tensor]:
+    """Batches with their own centre per channel; every second one is a NON-contiguous view (channels last in
+    memory), as a transposed activation would be."""
     gen = generator(seed + 1)
     shape = (N, C) if L is None else (N, C, L)
     centre = (1, C) if L is None else (1, C, 1)
-    return [randn(gen, *shape, scale=1.0 + k) + randn(gen, *centre, scale=3.0) for k in range(count)]
+    batches = [randn(gen, *shape, scale=1.0 + k) + randn(gen, *centre, scale=3.0) for k in range(count)]
+    return [x if k % 2 == 0 else x.mT.contiguous().mT for k, x in enumerate(batches)]
 
 
 def _bn_trace(module: nn.Module, batches: list[torch.Tensor], train_steps: int) -> list[torch.Tensor]:
@@ -280,8 +363,10 @@ def test_batchnorm_matches_torch_over_training_and_eval(impl, case):
                     return _bn_trace(_bn_pair(cls, C, momentum, eps, seed)[0], batches, 3)[k][pick]
                 return likely_cause(KATA, "BatchNorm1d", run, got, rtol=1e-7, atol=1e-10)
 
+            pristine = x.clone()
             got = mine(x)
-            expected = theirs(x)
+            expected = theirs(pristine)
+            assert torch.equal(x, pristine), f"Called {call} and the input x itself changed: never modify it in place."
             out_size = expected.numel()
             problem = error_report(got, expected, 1e-7, 1e-10)
             assert_close(got, expected, call=call + " -> output", rtol=1e-7, atol=1e-10,
@@ -339,7 +424,7 @@ def test_batchnorm_eval_treats_examples_independently(impl, seed, L):
 
 
 @pytest.mark.exercise("BatchNorm1d")
-def test_batchnorm_layout_buffers_and_parameters(impl):
+def test_batchnorm_layout_buffers_parameters_and_defaults(impl):
     bn = impl.BatchNorm1d(3, momentum=0.2, eps=1e-3)
     params = dict(bn.named_parameters())
     buffers = dict(bn.named_buffers())
@@ -347,9 +432,10 @@ def test_batchnorm_layout_buffers_and_parameters(impl):
         f"BatchNorm1d(3).named_parameters() gives {sorted(params)}; expected exactly weight and bias. The running "
         "statistics are not trained: register them with self.register_buffer, not as nn.Parameter."
     )
-    assert {"running_mean", "running_var"} <= set(buffers), (
-        f"BatchNorm1d(3).named_buffers() gives {sorted(buffers)}; running_mean and running_var must be buffers "
-        "(self.register_buffer) so that state_dict() saves them and .to() / .double() convert them."
+    assert {"running_mean", "running_var"} <= set(buffers) & set(bn.state_dict()), (
+        f"BatchNorm1d(3) has buffers {sorted(buffers)} and state_dict keys {sorted(bn.state_dict())}; running_mean "
+        "and running_var must be (persistent) buffers (self.register_buffer) so that state_dict() saves them and "
+        ".to() / .double() convert them."
     )
     for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
         tensor = params.get(name, buffers.get(name))
@@ -361,6 +447,39 @@ def test_batchnorm_layout_buffers_and_parameters(impl):
     )
     bn.double()
     assert bn.running_var.dtype == DT, "after .double() the running statistics must be float64 too (buffers)."
+    default = impl.BatchNorm1d(2)
+    assert (default.momentum, default.eps) == (0.1, 1e-5), (
+        f"BatchNorm1d(2) stores momentum={default.momentum!r}, eps={default.eps!r}; the defaults are momentum=0.1 "
+        "and eps=1e-5, as nn.BatchNorm1d's."
+    )
+    theirs = nn.BatchNorm1d(2, dtype=DT)
+    default.double()
+    x = torch.tensor([[0.0, 1.0], [0.002, 3.0], [0.004, 2.0]], dtype=DT)  # channel 0: variance below eps
+    with torch.no_grad():
+        trace = [default(x), default.running_mean.clone(), default.running_var.clone()]
+        expected = [theirs(x), theirs.running_mean, theirs.running_var]
+    assert_close(torch.cat([t.reshape(-1) for t in trace]), torch.cat([t.reshape(-1) for t in expected]),
+                 rtol=1e-7, atol=1e-10, call="BatchNorm1d(2) (default momentum and eps), one training batch -> "
+                                             "[output, running_mean, running_var], flattened",
+                 because="the defaults are those of nn.BatchNorm1d: momentum=0.1, eps=1e-5.")
+    far = torch.randn(64, 2, generator=generator(5)) + torch.tensor([1e4, -1e4])  # float32 channels far from 0
+    mine_far, theirs_far = impl.BatchNorm1d(2), nn.BatchNorm1d(2)
+    with torch.no_grad():
+        got, expected = mine_far(far), theirs_far(far)
+    # ulp(1e4) in float32 is ~1e-3 against a spread of 1: a few ulps of tolerance; E[x^2] - E[x]^2 is off by ~100%
+    assert_close(torch.cat([got.reshape(-1), mine_far.running_var]), torch.cat([expected.reshape(-1),
+                 theirs_far.running_var]), rtol=1e-3, atol=1e-2,
+                 call="BatchNorm1d(2) in training mode on a float32 batch (64, 2) with channel means +1e4 and -1e4 "
+                      "-> [output, running_var]",
+                 because="subtract the mean before squaring: E[x^2] - E[x]^2 cancels catastrophically in float32 when "
+                         "the mean is large compared with the spread (x.var(unbiased=False) is safe).")
+    meta = impl.BatchNorm1d(3).to("meta")
+    for mode in (True, False):
+        out = meta.train(mode)(torch.empty(4, 3, 2, device="meta"))
+        assert out.device.type == "meta" and out.shape == (4, 3, 2), (
+            f"BatchNorm1d(3) on the meta device in {'training' if mode else 'eval'} mode returned {describe(out)} on "
+            f"{out.device}; every tensor made inside must live on x's device."
+        )
 
 
 @pytest.mark.exercise("BatchNorm1d")
@@ -370,14 +489,20 @@ def test_batchnorm_rejects_bad_input(impl):
         bn(torch.zeros(4, 2))  # 2 channels, not 3
     with pytest.raises(ValueError, match=r"2, 3, 4, 5"):
         bn(torch.zeros(2, 3, 4, 5))  # 4-D input
-    with pytest.raises(ValueError):
-        bn(torch.ones(1, 3))  # one value per channel: no variance in training mode
+    with pytest.raises(ValueError, match=r"\b3\b"):
+        bn(torch.zeros(3))  # 1-D input
+    for single in (torch.ones(1, 3), torch.ones(1, 3, 1)):
+        with pytest.raises(ValueError):
+            bn(single)  # one value per channel: no variance in training mode
     bn.eval()
     out = bn(torch.ones(1, 3))  # fine in eval mode: the running statistics are used
     assert out.shape == (1, 3)
-    for kwargs in ({"momentum": 1.5}, {"eps": -1.0}):
-        with pytest.raises(ValueError):
-            impl.BatchNorm1d(3, **kwargs)
+    for args, kwargs, named in (((3,), {"momentum": 1.5}, "1.5"), ((3,), {"momentum": -0.1}, "-0.1"),
+                                ((3,), {"eps": -1.0}, "-1"), ((0,), {}, "0")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            impl.BatchNorm1d(*args, **kwargs)
+    for kwargs in ({"momentum": 0.0}, {"momentum": 1.0}, {"eps": 0.0}):
+        impl.BatchNorm1d(3, **kwargs)  # the limits themselves are allowed
 
 
 @pytest.mark.exercise("BatchNorm1d")
@@ -396,8 +521,9 @@ def test_batchnorm_is_built_from_scratch(impl, monkeypatch):
 DROP_PS = [0.1, 0.25, 0.5, 0.8]
 
 
-def _drop(impl, p: float, x: torch.Tensor, seed: int, train: bool = True) -> torch.Tensor:
-    drop = impl.Dropout(p)
+def _drop(cls, p: float, x: torch.Tensor, seed: int, train: bool = True) -> torch.Tensor:
+    """``cls(p)`` in training (or eval) mode applied to ``x`` under ``torch.manual_seed(seed)``."""
+    drop = cls(p)
     drop.train(train)
     with seeded(seed):
         return drop(x)
@@ -407,7 +533,7 @@ def _drop(impl, p: float, x: torch.Tensor, seed: int, train: bool = True) -> tor
 @given(seeds, st.sampled_from([0.0, *DROP_PS, 1.0]))
 def test_dropout_eval_is_identity(impl, seed, p):
     x = randn(generator(seed), 3, 5)
-    out = _drop(impl, p, x, seed, train=False)
+    out = _drop(impl.Dropout, p, x, seed, train=False)
     assert torch.equal(out, x), (
         f"Called Dropout({p}).eval()(x of shape (3, 5)). Returned {describe(out)}; expected x unchanged, because "
         "in eval mode dropout is the identity (the 1/(1-p) scaling during training already keeps E[x])."
@@ -420,7 +546,7 @@ def test_dropout_eval_is_identity(impl, seed, p):
 def test_dropout_drops_a_fraction_p_and_scales_the_rest(impl, seed, p):
     n = 4000
     x = randn(generator(seed), n).abs() + 0.5  # no zeros in x: a zero in the output means "dropped"
-    out = _drop(impl, p, x, seed)
+    out = _drop(impl.Dropout, p, x, seed)
     call = f"Dropout({p}) in training mode on x of shape ({n},), all entries >= 0.5"
     dropped = out == 0
     fraction = dropped.double().mean().item()
@@ -428,36 +554,27 @@ def test_dropout_drops_a_fraction_p_and_scales_the_rest(impl, seed, p):
     assert abs(fraction - p) <= 6 * sigma, (
         f"Called {call}. It zeroed {fraction:.3f} of the entries; expected {p} +- {6 * sigma:.3f} (6 standard "
         f"deviations), because each entry is dropped with probability p (and kept with probability 1 - p)."
-        + (f"\nLikely cause: {c}" if (c := likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, p, x, seed), out)) else "")
+        + _likely("Dropout", lambda cls: _drop(cls, p, x.clone(), seed), out)
     )
     kept, expected = out[~dropped], x[~dropped] / (1 - p)
     assert_close(kept, expected, call=call + " -> the kept entries",
                  because=f"every kept entry is multiplied by 1 / (1 - p) = {1 / (1 - p):.4g} (inverted dropout).",
-                 cause=likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, p, x, seed), out) if error_report(
-                     kept, expected, 1e-6, 1e-9) else None)
-
-
-def _drop_cls(cls, p, x, seed):
-    drop = cls(p)
-    drop.train()
-    with seeded(seed):
-        return drop(x)
+                 cause=likely_cause(KATA, "Dropout", lambda cls: _drop(cls, p, x.clone(), seed), out)
+                 if error_report(kept, expected, 1e-6, 1e-9) else None)
 
 
 @pytest.mark.exercise("Dropout")
 @given(seeds, st.sampled_from(DROP_PS))
 def test_dropout_keeps_the_expectation(impl, seed, p):
     n = 20000
-    out = _drop(impl, p, torch.ones(n, dtype=DT), seed)
+    out = _drop(impl.Dropout, p, torch.ones(n, dtype=DT), seed)
     mean = out.mean().item()
     sigma = math.sqrt(p / ((1 - p) * n))
     assert abs(mean - 1.0) <= 6 * sigma, (
         f"Called Dropout({p}) in training mode on torch.ones({n}). The mean of the output is {mean:.4f}; expected "
         f"1 +- {6 * sigma:.4f} (6 standard deviations), because inverted dropout keeps E[x]: the survivors are "
         f"scaled by 1 / (1 - p) so that E[y] = (1 - p) * x / (1 - p) = x."
-        + (f"\nLikely cause: {c}" if (c := likely_cause(
-                KATA, "Dropout", lambda cls: _drop_cls(cls, p, torch.ones(n, dtype=DT), seed), out))
-           else "")
+        + _likely("Dropout", lambda cls: _drop(cls, p, torch.ones(n, dtype=DT), seed), out)
     )
 
 
@@ -465,7 +582,7 @@ def test_dropout_keeps_the_expectation(impl, seed, p):
 @given(seeds, st.sampled_from(DROP_PS))
 def test_dropout_gradient_is_the_mask(impl, seed, p):
     x = (randn(generator(seed), 200).abs() + 0.5).requires_grad_()
-    out = _drop(impl, p, x, seed)
+    out = _drop(impl.Dropout, p, x, seed)
     out.sum().backward()
     assert x.grad is not None, f"Called Dropout({p})(x).sum().backward(); x.grad is None: y must be computed from x."
     expected = (out.detach() != 0).to(DT) / (1 - p)
@@ -476,19 +593,18 @@ def test_dropout_gradient_is_the_mask(impl, seed, p):
 @pytest.mark.exercise("Dropout")
 def test_dropout_edge_probabilities(impl):
     x = randn(generator(3), 4, 6).requires_grad_()
-    out = _drop(impl, 1.0, x, 0)
+    out = _drop(impl.Dropout, 1.0, x, 0)
     assert torch.equal(out.detach(), torch.zeros(4, 6, dtype=DT)), (
         f"Called Dropout(1.0) in training mode. Returned {describe(out)}; expected all zeros and no nan: with p = 1 "
         "every entry is dropped, and 1 / (1 - p) must never be computed (0 * inf is nan)."
-        + (f"\nLikely cause: {c}" if (c := likely_cause(KATA, "Dropout", lambda cls: _drop_cls(cls, 1.0, x.detach(), 0), out))
-           else "")
+        + _likely("Dropout", lambda cls: _drop(cls, 1.0, x.detach().clone(), 0), out)
     )
     if out.requires_grad:
         out.sum().backward()
         assert x.grad is None or torch.equal(x.grad, torch.zeros_like(x)), (
             f"Called Dropout(1.0)(x).sum().backward(). x.grad is {describe(x.grad)}; expected zeros (no nan)."
         )
-    same = _drop(impl, 0.0, x.detach(), 0)
+    same = _drop(impl.Dropout, 0.0, x.detach(), 0)
     assert torch.equal(same, x.detach()), (
         f"Called Dropout(0.0) in training mode. Returned {describe(same)}; expected x unchanged (nothing dropped, "
         "scale 1 / (1 - 0) = 1)."
@@ -498,14 +614,14 @@ def test_dropout_edge_probabilities(impl):
 @pytest.mark.exercise("Dropout")
 @given(seeds)
 def test_dropout_leaves_its_input_alone_and_is_seeded(impl, seed):
-    x = randn(generator(seed), 50)
+    x = randn(generator(seed), 10, 5).t()  # a non-contiguous view
     before = x.clone()
-    first = _drop(impl, 0.5, x, seed)
+    first = _drop(impl.Dropout, 0.5, x, seed)
     assert torch.equal(x, before), (
         "Called Dropout(0.5)(x) in training mode and x itself changed: do not modify the input in place "
         "(x.mul_, x[mask] = 0); return a new tensor. The caller may still need x, e.g. for a residual connection."
     )
-    again = _drop(impl, 0.5, x, seed)
+    again = _drop(impl.Dropout, 0.5, x, seed)
     assert torch.equal(first, again), (
         "Called Dropout(0.5)(x) twice after torch.manual_seed(same seed): the outputs differ. Draw the mask from "
         "torch's global generator (torch.rand_like / torch.bernoulli) so that a seed reproduces it."
@@ -525,6 +641,24 @@ def test_dropout_rejects_bad_probability(impl):
         with pytest.raises(ValueError, match=re.escape(str(p))):
             impl.Dropout(p)
     assert impl.Dropout(0.3).p == 0.3, "Dropout(0.3).p must be 0.3 (store the probability as self.p)."
+    assert impl.Dropout().p == 0.5, f"Dropout().p is {impl.Dropout().p!r}; the default p is 0.5, as nn.Dropout's."
+
+
+@pytest.mark.exercise("Dropout")
+def test_dropout_keeps_dtype_and_device(impl):
+    for dtype in (torch.float32, torch.bfloat16):
+        out = _drop(impl.Dropout, 0.5, torch.ones(64, dtype=dtype), 0)
+        assert out.dtype == dtype and set(out.float().tolist()) <= {0.0, 2.0}, (
+            f"Called Dropout(0.5) in training mode on torch.ones(64, dtype={dtype}). Returned {describe(out)}; "
+            f"expected {dtype} values in {{0, 2}}: the output keeps the input's dtype."
+        )
+    drop = impl.Dropout(0.5)
+    with seeded(0):
+        meta = drop(torch.empty(3, 4, device="meta"))
+    assert meta.device.type == "meta" and meta.shape == (3, 4), (
+        f"Called Dropout(0.5) in training mode on a meta tensor of shape (3, 4). Returned {describe(meta)} on "
+        f"{meta.device}: draw the mask where x lives (torch.rand_like(x), not torch.rand(x.shape))."
+    )
 
 
 @pytest.mark.exercise("Dropout")
@@ -551,18 +685,20 @@ def cell_cases(draw):
 
 
 def _cell_pair(cls, kind: str, n_in: int, H: int, seed: int):
-    theirs = refill_(TORCH_CELLS[kind](n_in, H, dtype=DT), seed, scale=0.6)
-    mine = cls(n_in, H).double()
+    with seeded(seed):  # both constructors draw their initial weights from the global RNG
+        theirs = refill_(TORCH_CELLS[kind](n_in, H, dtype=DT), seed, scale=0.6)
+        mine = cls(n_in, H).double()
     _copy_by_name(mine, theirs, CELL_PARAMS, f"{kind}({n_in}, {H})")
     return mine, theirs
 
 
 def _cell_inputs(kind: str, B: int, n_in: int, H: int, steps: int, with_state: bool, seed: int):
+    """Inputs (B, I) per step and an optional state; x and h are NON-contiguous views (transposed in memory)."""
     gen = generator(seed + 1)
-    xs = [randn(gen, B, n_in, scale=1.5) for _ in range(steps)]
+    xs = [randn(gen, n_in, B, scale=1.5).t() for _ in range(steps)]
     state = None
     if with_state:
-        state = (randn(gen, B, H), randn(gen, B, H)) if kind == "LSTMCell" else randn(gen, B, H)
+        state = (randn(gen, H, B).t(), randn(gen, B, H)) if kind == "LSTMCell" else randn(gen, H, B).t()
     return xs, state
 
 
@@ -594,14 +730,23 @@ def test_cell_matches_torch(impl, kind, case):
     B, n_in, H, steps, with_state, seed = case
     mine, theirs = _cell_pair(getattr(impl, kind), kind, n_in, H, seed)
     xs, state = _cell_inputs(kind, B, n_in, H, steps, with_state, seed)
+    pristine = copy.deepcopy((xs, state))
     with torch.no_grad():
         got = _unroll(mine, kind, xs, state)
-        expected = _unroll(theirs, kind, xs, state)
+        expected = _unroll(theirs, kind, *pristine)
+    assert torch.equal(_tensors(xs), _tensors(pristine[0])), (
+        f"Called {kind}({n_in}, {H}) and an input x changed: never modify it in place."
+    )
+    if state is not None:
+        assert torch.equal(_tensors(state), _tensors(pristine[1])), (
+            f"Called {kind}({n_in}, {H})(x, state) and the state passed in changed: compute the new state as new "
+            "tensors (c * sigmoid(f), not c.mul_(...)); the caller may still need the old one."
+        )
     cause = None
     if error_report(got, expected, 1e-7, 1e-10):
         def run(cls):
-            with torch.no_grad(), seeded(seed):  # the cell's own init draws from the global RNG
-                return _unroll(_cell_pair(cls, kind, n_in, H, seed)[0], kind, xs, state)
+            with torch.no_grad():
+                return _unroll(_cell_pair(cls, kind, n_in, H, seed)[0], kind, *copy.deepcopy(pristine))
         cause = likely_cause(KATA, kind, run, got, rtol=1e-7, atol=1e-10)
     outputs = "(h, c)" if kind == "LSTMCell" else "h"
     assert_close(got, expected, rtol=1e-7, atol=1e-10, cause=cause,
@@ -655,10 +800,11 @@ def test_cell_passes_gradcheck(impl, kind):
 @pytest.mark.exercise("LSTMCell")
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
 def test_cell_layout_initialisation_and_default_state(impl, kind):
-    n_in, H = 3, 5
+    n_in, H = 6, 16
     gates = 4 if kind == "LSTMCell" else 3
+    cls = getattr(impl, kind)
     with seeded(0):
-        cell = getattr(impl, kind)(n_in, H)
+        cell = cls(n_in, H)
     params = dict(cell.named_parameters())
     expected_shapes = {"weight_ih": (gates * H, n_in), "weight_hh": (gates * H, H), "bias_ih": (gates * H,),
                        "bias_hh": (gates * H,)}
@@ -667,30 +813,74 @@ def test_cell_layout_initialisation_and_default_state(impl, kind):
         f"{kind}({n_in}, {H}).named_parameters() has shapes {shapes}; expected {expected_shapes} (PyTorch's layout: "
         f"the {gates} gates stacked along the first axis)."
     )
+    assert (cell.input_size, cell.hidden_size) == (n_in, H), (
+        f"{kind}({n_in}, {H}) stores input_size={cell.input_size!r}, hidden_size={cell.hidden_size!r}."
+    )
     bound = 1 / math.sqrt(H)
+    rule = (f"initialise every parameter uniformly in [-1/sqrt(hidden_size), 1/sqrt(hidden_size)] = [-{bound:.4g}, "
+            f"{bound:.4g}] (p.uniform_(-bound, bound) under torch.no_grad()), as PyTorch does")
     for name, p in params.items():
-        assert p.abs().max() <= bound and p.abs().max() > 0, (
-            f"{kind}({n_in}, {H}).{name} holds values up to {p.abs().max().item():.4g}; initialise it uniformly in "
-            f"[-1/sqrt(hidden_size), 1/sqrt(hidden_size)] = [-{bound:.4g}, {bound:.4g}], as PyTorch does."
+        # the std of U(-b, b) is b / sqrt(3); 0.5 of it is far outside the sampling error of >= 48 values
+        assert p.abs().max() <= bound and p.std() > 0.5 * bound / math.sqrt(3), (
+            f"{kind}({n_in}, {H}).{name} holds values in [{p.min().item():.4g}, {p.max().item():.4g}] with std "
+            f"{p.std().item():.4g}; {rule}."
         )
+    values = torch.cat([p.detach().reshape(-1) for p in params.values()]).double()
+    n = values.numel()
+    mean, std = values.mean().item(), values.std().item()
+    assert (abs(mean) <= 6 * bound / math.sqrt(3 * n) and abs(std / (bound / math.sqrt(3)) - 1) <= 0.1
+            and values.min() < -0.9 * bound and values.max() > 0.9 * bound), (
+        f"{kind}({n_in}, {H}): its {n} initial values have mean {mean:.4g}, std {std:.4g}, range "
+        f"[{values.min().item():.4g}, {values.max().item():.4g}]; U(-{bound:.4g}, {bound:.4g}) has mean 0, std "
+        f"{bound / math.sqrt(3):.4g} and fills the whole range: {rule}."
+    )
+    with seeded(0):
+        again = cls(n_in, H)
+    with seeded(1):
+        other = cls(n_in, H)
+    assert torch.equal(_tensors(list(again.parameters())), values.to(torch.float32)), (
+        f"Two {kind}({n_in}, {H}) built after torch.manual_seed(0) differ: draw the initial values from torch's "
+        "global generator (tensor.uniform_), so that a seed reproduces a model."
+    )
+    assert not torch.equal(_tensors(list(other.parameters())), values.to(torch.float32)), (
+        f"{kind}({n_in}, {H}) built after torch.manual_seed(0) and after torch.manual_seed(1) are identical: the "
+        "initial values must come from torch's global generator, not from a fixed seed of your own."
+    )
+    x = randn(generator(1), 2, n_in, dtype=torch.float32)
+    with torch.no_grad():
+        out = cell(x)
+    assert all(t.dtype == torch.float32 and t.shape == (2, H) for t in (out if kind == "LSTMCell" else (out,))), (
+        f"Called {kind}({n_in}, {H})(float32 x of shape (2, {n_in})). Returned {describe(out)}; expected float32 "
+        f"state(s) of shape (2, {H}): a missing state is zeros of x's dtype (x.new_zeros(B, H))."
+    )
     cell.double()
-    x = randn(generator(1), 2, n_in)
+    x = x.double()
     zeros = torch.zeros(2, H, dtype=DT)
     with torch.no_grad():
         default = _tensors(cell(x))
         explicit = _tensors(cell(x, (zeros, zeros)) if kind == "LSTMCell" else cell(x, zeros))
     assert_close(default, explicit, call=f"{kind}({n_in}, {H})(x) vs the same with an explicit zero state",
                  because="a missing state means a zero state.")
+    meta = _tensors(cell.to("meta")(torch.empty(2, n_in, device="meta", dtype=DT)))
+    assert meta.device.type == "meta", (
+        f"Called {kind}({n_in}, {H}) on the meta device without a state. Returned {describe(meta)} on {meta.device}; "
+        "the zero state must be made on x's device (x.new_zeros(B, H)), not on the CPU."
+    )
 
 
 @pytest.mark.exercise("LSTMCell")
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
 def test_cell_rejects_bad_input(impl, kind):
-    cell = getattr(impl, kind)(3, 2)
+    cls = getattr(impl, kind)
+    cell = cls(3, 2)
     with pytest.raises(ValueError, match=r"2, 4"):
         cell(torch.zeros(2, 4))  # input_size is 3
-    with pytest.raises(ValueError):
-        cell(torch.zeros(3))  # not (B, I)
+    with pytest.raises(ValueError, match=r"\b5\b"):
+        cell(torch.zeros(5))  # not (B, I)
+    for sizes in ((0, 2), (3, 0)):
+        with pytest.raises(ValueError, match=r"\b0\b"):
+            cls(*sizes)
+    cls(1, 1)  # the smallest legal cell
 
 
 @pytest.mark.exercise("LSTMCell")
@@ -709,12 +899,12 @@ def test_cells_are_built_from_scratch(impl, monkeypatch):
 
 
 @st.composite
-def model_cases(draw):
-    """(vocab, embedding_dim, hidden_dim, heads, B, T, seed)."""
+def model_cases(draw, min_t: int = 1):
+    """(vocab, embedding_dim, hidden_dim, heads, B, T, seed); T = 1 is a sequence that only sees itself."""
     heads = draw(st.sampled_from([1, 2, 4]))
     hidden = heads * draw(st.integers(1, 2))
     return (draw(st.integers(3, 9)), draw(st.integers(2, 5)), hidden, heads, draw(st.integers(2, 4)),
-            draw(st.integers(2, 6)), draw(seeds))
+            draw(st.integers(min_t, 6)), draw(seeds))
 
 
 def _build_model(cls, case) -> nn.Module:
@@ -737,7 +927,7 @@ def _model_call(case) -> str:
 @st.composite
 def causal_cases(draw):
     """A model case and a position t with at least one token after it."""
-    case = draw(model_cases())
+    case = draw(model_cases(min_t=2))
     return case, draw(st.integers(0, case[5] - 2))
 
 
@@ -819,9 +1009,38 @@ def test_lstm_attention_matches_reference(impl, reference, case):
 def test_lstm_attention_rejects_bad_arguments(impl):
     with pytest.raises(ValueError, match=r"(10\D.*\b4\b)|(\b4\D.*\b10\b)"):
         impl.LSTMWithAttention(20, 8, hidden_dim=10, num_heads=4)
+    with pytest.raises(ValueError, match=r"\b0\b"):
+        impl.LSTMWithAttention(20, 8, hidden_dim=8, num_heads=0)
     model = impl.LSTMWithAttention(20, 8, hidden_dim=8, num_heads=2)
-    with pytest.raises(ValueError):
-        model(torch.zeros(5, dtype=torch.long))  # not (B, T)
+    for tokens in (torch.zeros(5, dtype=torch.long), torch.zeros(2, 5, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match=re.escape(", ".join(map(str, tokens.shape)))):
+            model(tokens)  # not (B, T)
+
+
+@pytest.mark.exercise("LSTMWithAttention")
+def test_lstm_attention_layout_defaults_and_device(impl):
+    with seeded(0):
+        model = impl.LSTMWithAttention(11, 4, 16)
+    layers = {name: type(module) for name, module in model.named_children()}
+    expected = {"embedding": nn.Embedding, "lstm": nn.LSTM, "attention": nn.MultiheadAttention, "linear": nn.Linear}
+    assert all(issubclass(layers.get(name, type(None)), kind) for name, kind in expected.items()), (
+        f"LSTMWithAttention(11, 4, 16) has the layers {layers}; expected {expected} (see its docstring)."
+    )
+    sizes = ((model.embedding.num_embeddings, model.embedding.embedding_dim), (model.lstm.input_size,
+             model.lstm.hidden_size, model.lstm.batch_first), model.attention.embed_dim,
+             (model.linear.in_features, model.linear.out_features))
+    assert sizes == ((11, 4), (4, 16, True), 16, (16, 11)), (
+        f"LSTMWithAttention(11, 4, 16): embedding (V, E), lstm (E, H, batch_first), attention embed_dim and linear "
+        f"(H, V) are {sizes}; expected ((11, 4), (4, 16, True), 16, (16, 11))."
+    )
+    assert model.attention.num_heads == 8, (
+        f"LSTMWithAttention(11, 4, 16).attention.num_heads is {model.attention.num_heads}; the default is 8 heads."
+    )
+    meta = model.to("meta")(torch.zeros(2, 3, dtype=torch.long, device="meta"))
+    assert meta.device.type == "meta" and meta.shape == (2, 3, 11), (
+        f"Called LSTMWithAttention(11, 4, 16) on the meta device. Returned {describe(meta)} on {meta.device}; "
+        "make the causal mask on x's device (torch.ones(T, T, dtype=torch.bool, device=x.device))."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -845,7 +1064,8 @@ def _grad_params(case) -> list[torch.Tensor]:
     for shape, grad in zip(shapes, has_grad, strict=True):
         p = randn(gen, *shape).requires_grad_()
         if grad:
-            p.grad = randn(gen, *shape, scale=scale)
+            # 2-D gradients are NON-contiguous (transposed) views: .view(-1) fails on them
+            p.grad = randn(gen, *shape[::-1], scale=scale).mT if len(shape) == 2 else randn(gen, *shape, scale=scale)
         params.append(p)
     return params
 
@@ -866,9 +1086,7 @@ def test_clip_matches_torch(impl, case):
     shapes, has_grad, scale, max_norm, norm_type, _ = case
     got = _clip_result(impl.clip_grad_norm_, case)
     expected = _clip_result(torch.nn.utils.clip_grad_norm_, case)
-    cause = likely_cause(KATA, "clip_grad_norm_", lambda fn: _clip_result(fn, case), got,
-                         rtol=1e-7, atol=1e-10) if error_report(
-        got, expected, 1e-7, 1e-10) else None
+    cause = _cause_if_wrong("clip_grad_norm_", lambda fn: _clip_result(fn, case), got, expected, 1e-7, 1e-10)
     assert_close(got, expected, rtol=1e-7, atol=1e-10, cause=cause,
                  call=f"clip_grad_norm_({len(shapes)} parameters of shapes {shapes}, gradients on {has_grad}, of "
                       f"scale {scale}; max_norm={max_norm}, norm_type={norm_type}) -> [returned norm, *clipped grads]",
@@ -899,12 +1117,26 @@ def test_clip_takes_model_parameters_generator(impl, seed, max_norm):
 def test_clip_keeps_direction_and_bounds_the_norm(impl, case):
     _, _, _, max_norm, norm_type, _ = case
     params = _grad_params(case)
-    before = [p.grad.clone() for p in params if p.grad is not None]
-    total = float(impl.clip_grad_norm_(params, max_norm, norm_type=norm_type))
+    values = [p.detach().clone() for p in params]
+    grads = [p.grad for p in params if p.grad is not None]
+    before = [g.clone() for g in grads]
+    call = f"clip_grad_norm_(parameters, max_norm={max_norm}, norm_type={norm_type})"
+    returned = impl.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+    assert isinstance(returned, torch.Tensor) and returned.dim() == 0, (
+        f"Called {call}. Returned {describe(returned)}; expected a 0-dim tensor (as torch.nn.utils.clip_grad_norm_ "
+        "returns), not a Python float."
+    )
+    total = float(returned)
     after = [p.grad for p in params if p.grad is not None]
+    assert all(new is old for new, old in zip(after, grads, strict=True)), (
+        f"Called {call}. Some p.grad is a new tensor afterwards: scale each gradient in place (g.mul_(coef)). "
+        "Code that holds the gradient tensor (an optimizer hook, a gradient bucket) would never see the clipping."
+    )
+    assert all(torch.equal(p.detach(), v) for p, v in zip(params, values, strict=True)), (
+        f"Called {call}. A parameter's VALUE changed; clipping scales the gradients only."
+    )
     flat_before, flat_after = torch.cat([g.reshape(-1) for g in before]), torch.cat([g.reshape(-1) for g in after])
     true_norm = torch.linalg.vector_norm(flat_before, norm_type).item()
-    call = f"clip_grad_norm_(parameters, max_norm={max_norm}, norm_type={norm_type})"
     assert math.isclose(total, true_norm, rel_tol=1e-7, abs_tol=1e-12), (
         f"Called {call}. Returned {total!r}; the {norm_type}-norm of all gradients taken together is {true_norm!r}."
     )
@@ -927,8 +1159,16 @@ def test_clip_single_tensor_and_no_gradients(impl):
     assert math.isclose(float(total), 5.0), f"clip_grad_norm_(w, 1.0) with w.grad = [3, 4] returned {total}, not 5."
     assert_close(w.grad, torch.tensor([3.0, 4.0], dtype=DT) / (5 + 1e-6), call="clip_grad_norm_(w, 1.0) -> w.grad",
                  because="a single tensor is accepted as well as an iterable, and [3, 4] is scaled by 1 / (5 + 1e-6).")
+    w.grad = torch.tensor([3.0, 4.0], dtype=DT)
+    total = impl.clip_grad_norm_([w], 0.0)
+    assert float(total) == 5.0 and torch.equal(w.grad, torch.zeros(2, dtype=DT)), (
+        f"clip_grad_norm_([w], max_norm=0.0) with w.grad = [3, 4] returned {total!r} and left w.grad = "
+        f"{w.grad.tolist()}; expected 5 and zeros: max_norm = 0 is allowed (only a negative max_norm is an error)."
+    )
     empty = impl.clip_grad_norm_([torch.zeros(2, requires_grad=True)], 1.0)
-    assert float(empty) == 0.0, f"clip_grad_norm_ of parameters without gradients returned {empty}; expected 0."
+    assert isinstance(empty, torch.Tensor) and empty.dim() == 0 and float(empty) == 0.0, (
+        f"clip_grad_norm_ of parameters without gradients returned {empty!r}; expected torch.tensor(0.0)."
+    )
 
 
 @pytest.mark.exercise("clip_grad_norm_")
@@ -937,8 +1177,9 @@ def test_clip_rejects_bad_arguments(impl):
     w.grad = torch.ones(2)
     with pytest.raises(ValueError, match="-1"):
         impl.clip_grad_norm_([w], -1.0)
-    with pytest.raises(ValueError):
-        impl.clip_grad_norm_([w], 1.0, norm_type=0.0)
+    for norm_type in (0.0, -3.0):
+        with pytest.raises(ValueError, match=re.escape(str(norm_type).rstrip("0").rstrip("."))):
+            impl.clip_grad_norm_([w], 1.0, norm_type=norm_type)
 
 
 @pytest.mark.exercise("clip_grad_norm_")
@@ -1003,10 +1244,8 @@ def test_adamw_trajectory_matches_torch(impl, hyper, seed):
     steps = 40
     got = _trajectory(lambda ps: impl.AdamW(ps, **hyper), seed, steps)
     expected = _trajectory(lambda ps: torch.optim.AdamW(ps, **hyper), seed, steps)
-    cause = None
-    if error_report(got, expected, 1e-8, 1e-10):
-        cause = likely_cause(KATA, "AdamW", lambda cls: _trajectory(lambda ps: cls(ps, **hyper), seed, steps), got,
-                             rtol=1e-8, atol=1e-10)
+    cause = _cause_if_wrong("AdamW", lambda cls: _trajectory(lambda ps: cls(ps, **hyper), seed, steps), got, expected,
+                            1e-8, 1e-10)
     assert_close(got, expected, rtol=1e-8, atol=1e-10, cause=cause,
                  call=f"AdamW(params, {', '.join(f'{k}={v}' for k, v in hyper.items())}) for {steps} steps on a small "
                       "problem (row k of the result = all parameters after step k + 1)",
@@ -1025,7 +1264,7 @@ def test_adamw_first_step_is_lr_times_sign(impl):
                  because="after bias correction m_hat = g and v_hat = g^2 at t = 1, so the first step is "
                          "lr * g / (|g| + eps): about lr against the sign of each gradient, whatever its size. "
                          "Without the correction by 1 - beta^t the first steps have the wrong size.",
-                 cause=likely_cause(KATA, "AdamW", _one_step, w.detach()))
+                 cause=_cause_if_wrong("AdamW", _one_step, w.detach(), expected, 1e-6, 1e-9))
 
 
 def _one_step(cls):
@@ -1135,11 +1374,40 @@ def test_adamw_closure(impl):
 
 @pytest.mark.exercise("AdamW")
 @pytest.mark.parametrize(("kwargs", "named"), [({"lr": -0.1}, "-0.1"), ({"betas": (1.0, 0.999)}, "1.0"),
-                                               ({"betas": (0.9, -0.5)}, "-0.5"), ({"eps": -1e-8}, "-1e-08"),
-                                               ({"weight_decay": -0.01}, "-0.01")], ids=lambda v: str(v))
+                                               ({"betas": (0.9, 1.0)}, "1.0"), ({"betas": (0.9, -0.5)}, "-0.5"),
+                                               ({"eps": -1e-8}, "-1e-08"), ({"weight_decay": -0.01}, "-0.01")],
+                         ids=str)
 def test_adamw_rejects_bad_hyperparameters(impl, kwargs, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         impl.AdamW([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.exercise("AdamW")
+def test_adamw_defaults_boundaries_and_return_value(impl):
+    w = nn.Parameter(torch.ones(2, dtype=DT))
+    optimizer = impl.AdamW([w])
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+    got = {key: optimizer.param_groups[0].get(key) for key in defaults}
+    assert got == defaults and all(optimizer.defaults.get(k) == v for k, v in defaults.items()), (
+        f"AdamW([w]) has param_groups[0] {got} and defaults {optimizer.defaults}; expected {defaults} (the "
+        "defaults of torch.optim.AdamW), passed to super().__init__(params, defaults)."
+    )
+    steps = 6
+    mine = _trajectory(impl.AdamW, 3, steps)
+    theirs = _trajectory(torch.optim.AdamW, 3, steps)
+    assert_close(mine, theirs, rtol=1e-8, atol=1e-10, call=f"AdamW(params) with its defaults for {steps} steps",
+                 because="with no arguments it must equal torch.optim.AdamW(params): lr=1e-3, betas=(0.9, 0.999), "
+                         "eps=1e-8, weight_decay=1e-2.")
+    w.grad = torch.ones(2, dtype=DT)
+    returned = optimizer.step()
+    assert returned is None, f"AdamW.step() without a closure returned {returned!r}; expected None."
+    for kwargs in ({"lr": 0.0}, {"betas": (0.0, 0.0)}, {"eps": 0.0}, {"weight_decay": 0.0}):
+        try:
+            impl.AdamW([w], **kwargs)
+        except ValueError as err:
+            pytest.fail(f"AdamW([w], {', '.join(f'{k}={v}' for k, v in kwargs.items())}) raised ValueError({err}); "
+                        "the limits themselves are allowed: lr >= 0, 0 <= beta < 1, eps >= 0, weight_decay >= 0.",
+                        pytrace=False)
 
 
 @pytest.mark.exercise("AdamW")
@@ -1199,8 +1467,7 @@ def test_schedule_matches_the_formula(impl, case):
     steps = range(case[1] + 3)
     got = _lrs(impl.warmup_cosine_lr, case, steps)
     expected = _lrs(_schedule, case, steps)
-    cause = likely_cause(KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, rtol=1e-9, atol=1e-15) if error_report(
-        got, expected, 1e-9, 1e-15) else None
+    cause = _cause_if_wrong("warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, expected, 1e-9, 1e-15)
     assert_close(got, expected, rtol=1e-9, atol=1e-15, cause=cause,
                  call=_schedule_call(case) + f" for step = 0..{case[1] + 2} (index = step)",
                  because="step < warmup: max_lr * step / warmup_steps; then min_lr + (max_lr - min_lr) * "
@@ -1228,7 +1495,8 @@ def test_schedule_warmup_is_linear_from_zero_to_max(impl, case):
                  because=f"the warmup is the straight line from 0 at step 0 to max_lr at step warmup_steps = {warmup} "
                          "(max_lr / warmup_steps per step). (step + 1) / warmup_steps is one step ahead: it reaches "
                          "max_lr at warmup_steps - 1 and then stays flat for a step.",
-                 cause=likely_cause(KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, rtol=1e-9, atol=1e-15))
+                 cause=_cause_if_wrong("warmup_cosine_lr", lambda fn: _lrs(fn, case, steps), got, expected, 1e-9,
+                                       1e-15))
 
 
 @pytest.mark.exercise("warmup_cosine_lr")
@@ -1250,9 +1518,8 @@ def test_schedule_decays_monotonically_to_min_lr(impl, case):
     assert all(math.isclose(lr, min_lr, rel_tol=1e-12, abs_tol=1e-15) for lr in at_end), (
         f"Called {call}. Steps {total}..{total + 3} give {at_end}; expected min_lr = {min_lr}: the cosine ends at "
         f"min_lr at total_steps and the rate stays there (a decay that ignores min_lr ends at 0)."
-        + (f"\nLikely cause: {c}" if (c := likely_cause(
-                KATA, "warmup_cosine_lr", lambda fn: _lrs(fn, case, range(total, total + 4)),
-                torch.tensor(at_end, dtype=DT), rtol=1e-12, atol=1e-15)) else "")
+        + _likely("warmup_cosine_lr", lambda fn: _lrs(fn, case, range(total, total + 4)),
+                  torch.tensor(at_end, dtype=DT), rtol=1e-12, atol=1e-15)
     )
 
 
@@ -1283,20 +1550,27 @@ def test_schedule_is_continuous_at_the_end_of_warmup(impl, case):
 
 
 @pytest.mark.exercise("warmup_cosine_lr")
-def test_schedule_returns_floats_and_known_values(impl):
-    got = [impl.warmup_cosine_lr(s, 2, 6, 1.0, 0.0) for s in range(8)]
-    assert all(isinstance(v, float) for v in got), f"warmup_cosine_lr returned {[type(v).__name__ for v in got]}; " \
-                                                   "expected Python floats."
+def test_schedule_returns_floats_known_values_and_default_min_lr(impl):
+    got = [impl.warmup_cosine_lr(s, 2, 6, 1) for s in range(8)]  # an int max_lr and the default min_lr
+    assert all(isinstance(v, float) for v in got), (
+        f"warmup_cosine_lr(step, 2, 6, 1) returned {[type(v).__name__ for v in got]} for step 0..7; expected Python "
+        "floats in every region, even for int arguments (float(min_lr) after the end)."
+    )
     expected = [0.0, 0.5, 1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0, 0.0]
-    assert_close(torch.tensor(got), torch.tensor(expected), call="warmup_cosine_lr(step, 2, 6, 1.0, 0.0) for step 0..7",
-                 because="warmup 0, 0.5, 1.0; then half a cosine from 1 to 0 over 4 steps; then 0.")
+    assert_close(torch.tensor(got, dtype=DT), torch.tensor(expected, dtype=DT), rtol=1e-12, atol=1e-15,
+                 call="warmup_cosine_lr(step, 2, 6, 1) for step 0..7 (min_lr left at its default)",
+                 because="min_lr defaults to 0: warmup 0, 0.5, 1.0; then half a cosine from 1 to 0 over 4 steps; "
+                         "then 0.")
+    after = impl.warmup_cosine_lr(9, 2, 6, 1, 0)
+    assert isinstance(after, float), f"warmup_cosine_lr(9, 2, 6, 1, 0) returned {after!r}; expected the float 0.0."
 
 
 @pytest.mark.exercise("warmup_cosine_lr")
-@pytest.mark.parametrize("args", [(-1, 2, 6, 1.0, 0.0), (0, 6, 6, 1.0, 0.0), (0, -1, 6, 1.0, 0.0),
-                                  (0, 2, 6, 1.0, 2.0), (0, 2, 6, 1.0, -0.5)], ids=str)
-def test_schedule_rejects_bad_arguments(impl, args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("args", "named"), [((-1, 2, 6, 1.0, 0.0), "-1"), ((0, 6, 6, 1.0, 0.0), "6"),
+                                             ((0, 7, 6, 1.0, 0.0), "7"), ((0, -1, 6, 1.0, 0.0), "-1"),
+                                             ((0, 2, 6, 1.0, 2.0), "2.0"), ((0, 2, 6, 1.0, -0.5), "-0.5")], ids=str)
+def test_schedule_rejects_bad_arguments(impl, args, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
         impl.warmup_cosine_lr(*args)
 
 
@@ -1338,7 +1612,7 @@ def _batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 def _watch_steps(model: nn.Module, batches, max_norm: float):
     """Record, at every optimizer.step(): the lr of each group, and whether the gradients the optimizer is
     about to use are the clipped gradients of the current batch's loss (the checks' own computation)."""
-    record = {"lrs": [], "weight_decay": [], "problems": [], "steps": 0}
+    record = {"lrs": [], "weight_decay": [], "losses": [], "problems": [], "steps": 0}
 
     def hook(optimizer, args, kwargs):
         k = record["steps"]
@@ -1349,7 +1623,9 @@ def _watch_steps(model: nn.Module, batches, max_norm: float):
         twin = copy.deepcopy(model)
         twin.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            _batch_loss(twin, x, y).backward()
+            loss = _batch_loss(twin, x, y)
+            loss.backward()
+        record["losses"].append(loss.item())  # the loss of this batch before its step
         torch.nn.utils.clip_grad_norm_(twin.parameters(), max_norm)
         for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
             problem = "no gradient" if p.grad is None else error_report(p.grad, q.grad, 1e-7, 1e-10)
@@ -1395,12 +1671,17 @@ def test_train_model_steps_on_fresh_clipped_gradients(impl, seed, max_norm):
     model.eval()  # train_model must switch it to training mode itself
     batches = _lm_batches(seed, 6, (2, 3))
     with _watch_steps(model, batches, max_norm) as record:
-        impl.train_model(model, batches, epochs=2, lr=0.02, weight_decay=0.01, max_norm=max_norm)
+        losses = impl.train_model(model, batches, epochs=2, lr=0.02, weight_decay=0.01, max_norm=max_norm)
     call = f"train_model(model, 2 batches, epochs=2, lr=0.02, max_norm={max_norm})"
     assert record["steps"] == 4, (
         f"Called {call}. optimizer.step() ran {record['steps']} times; expected 4 (one per batch per epoch), on "
         "an optimizer subclassing torch.optim.Optimizer."
     )
+    seen = record["losses"]
+    assert_close(torch.tensor(losses, dtype=DT), torch.tensor([sum(seen[:2]) / 2, sum(seen[2:]) / 2], dtype=DT),
+                 rtol=1e-7, atol=1e-10, call=call + " -> the returned per-epoch losses",
+                 because="each epoch's value is the mean of its batch losses, each measured on the batch's forward "
+                         f"pass before its optimizer step (the batch losses were {[round(v, 6) for v in seen]}).")
     if record["problems"]:
         pytest.fail(
             f"Called {call}. At optimizer.step() the gradients were not the clipped gradients of the current batch's "
@@ -1441,6 +1722,30 @@ def test_train_model_follows_the_warmup_cosine_schedule(impl, warmup, min_lr, ep
 
 
 @pytest.mark.exercise("train_model")
+def test_train_model_defaults(impl):
+    model = refill_(_TinyLM(6, 4, 2), 2, scale=3.0)  # large weights: gradient norms above the default max_norm
+    batches = _lm_batches(2, 6, (3,))
+    with _watch_steps(model, batches, 1.0) as record:
+        losses = impl.train_model(model, batches)
+    call = "train_model(model, 1 batch) with every default"
+    assert len(losses) == 100 and record["steps"] == 100, (
+        f"Called {call}. It returned {len(losses)} losses after {record['steps']} optimizer steps; the default is "
+        "epochs=100 (one step per batch)."
+    )
+    got = torch.tensor([lrs[0] for lrs in record["lrs"]], dtype=DT)
+    expected = torch.tensor([_schedule(s, 0, 100, 1e-3, 0.0) for s in range(100)], dtype=DT)
+    assert_close(got, expected, rtol=1e-9, atol=1e-15, call=call + " -> group['lr'] at each optimizer.step()",
+                 because="the defaults lr=1e-3, warmup_steps=0 and min_lr=0.0 give warmup_cosine_lr(s, 0, 100, 1e-3, "
+                         "0.0) at step s.")
+    assert all(wd == [0.01] * len(wd) for wd in record["weight_decay"]), (
+        f"Called {call}. The optimizer's weight_decay is {record['weight_decay'][:1]}; the default is 0.01."
+    )
+    if record["problems"]:
+        pytest.fail(f"Called {call}. At optimizer.step() the gradients were not those clipped to the default "
+                    "max_norm=1.0:\n  " + "\n  ".join(record["problems"][:4]), pytrace=False)
+
+
+@pytest.mark.exercise("train_model")
 def test_train_model_loss_decreases_with_a_real_dataloader(impl):
     vocab = 6
     seq = torch.arange(60) % vocab  # 0 1 2 3 4 5 0 1 ...: the next token is always predictable
@@ -1463,5 +1768,6 @@ def test_train_model_rejects_nothing_to_train(impl):
     model = _TinyLM(5, 3, 0)
     with pytest.raises(ValueError):
         impl.train_model(model, [], epochs=2)
-    with pytest.raises(ValueError):
-        impl.train_model(model, _lm_batches(0, 5, (2,)), epochs=0)
+    for epochs in (0, -2):
+        with pytest.raises(ValueError, match=re.escape(str(epochs))):
+            impl.train_model(model, _lm_batches(0, 5, (2,)), epochs=epochs)

@@ -57,8 +57,12 @@ class LayerNorm(nn.Module):
           (normalise the last ``len(normalized_shape)`` dimensions - all of them at once, not one by one).
         - The variance is the biased one (``unbiased=False`` / ``correction=0``), and eps goes INSIDE the
           square root. Both details change the result visibly for short rows or large eps.
+        - Subtract the mean before squaring. The shortcut ``E[x**2] - E[x]**2`` cancels catastrophically when
+          a row's mean is large compared with its spread: a float32 row around 1e4 loses every digit (the
+          checks use such rows). Do not modify ``x`` in place, and accept non-contiguous ``x``.
         - An input whose trailing dimensions are not ``normalized_shape`` raises ``ValueError`` naming the
-          shape it got. An empty or non-positive ``normalized_shape`` or a negative eps raises ``ValueError``.
+          shape it got. An empty or non-positive ``normalized_shape`` or a negative eps raises ``ValueError``
+          naming it.
         - Gradients flow to ``x``, ``weight`` and ``bias`` through plain autograd (do not detach the mean).
 
     Example::
@@ -116,7 +120,7 @@ class BatchNorm1d(nn.Module):
         - Input that is not (N, C) or (N, C, L) with C == num_features raises ``ValueError`` naming its shape.
         - In training mode, a single value per channel (N * L == 1) raises ``ValueError`` (its variance is
           undefined), as PyTorch does.
-        - ``momentum`` outside [0, 1], ``eps < 0`` or ``num_features < 1`` raise ``ValueError``.
+        - ``momentum`` outside [0, 1], ``eps < 0`` or ``num_features < 1`` raise ``ValueError`` naming the value.
 
     Example::
 
@@ -198,8 +202,9 @@ class LSTMCell(nn.Module):
     order gives a different cell.
 
     ``forward(x, state=None)``: ``x`` is (B, I); ``state`` is ``(h, c)``, each (B, H), zeros when None.
-    Returns ``(h', c')``, each (B, H). Input that is not (B, I) raises ``ValueError`` naming its shape;
-    ``input_size < 1`` or ``hidden_size < 1`` raise ``ValueError``.
+    Returns ``(h', c')``, each (B, H), as new tensors (the state passed in is not modified). Input that is
+    not (B, I) raises ``ValueError`` naming its shape; ``input_size < 1`` or ``hidden_size < 1`` raise
+    ``ValueError`` naming the value.
 
     Example::
 
@@ -236,7 +241,8 @@ class GRUCell(nn.Module):
     ``W_hn h + b_hn`` (not ``W_hn (r * h)``), and ``z`` weighs the old state ``h``.
 
     ``forward(x, h=None)``: ``x`` is (B, I), ``h`` is (B, H) (zeros when None); returns ``h'`` (B, H).
-    Input that is not (B, I) raises ``ValueError``.
+    Input that is not (B, I) raises ``ValueError`` naming its shape; ``input_size < 1`` or
+    ``hidden_size < 1`` raise ``ValueError`` naming the value.
 
     Example::
 
@@ -291,9 +297,9 @@ class LSTMWithAttention(nn.Module):
     Rules:
         - The output at position t must not change when any token after t changes, and example b's
           output must not depend on the other examples in the batch.
-        - ``hidden_dim`` not divisible by ``num_heads`` raises ``ValueError`` naming both (PyTorch only
-          fails an ``assert`` deep inside ``nn.MultiheadAttention``).
-        - ``x`` that is not 2-D raises ``ValueError``.
+        - ``hidden_dim`` not divisible by ``num_heads`` (or ``num_heads < 1``) raises ``ValueError`` naming
+          both (PyTorch only fails an ``assert`` deep inside ``nn.MultiheadAttention``).
+        - ``x`` that is not 2-D raises ``ValueError`` naming its shape.
 
     Example::
 
@@ -474,8 +480,8 @@ def train_model(
 
     Returns one float per epoch: the mean of that epoch's batch losses (each measured before its step).
 
-    Rules: ``epochs < 1`` raises ``ValueError``; so does a dataloader with no batches (the seed divided by
-    ``len(dataloader)`` = 0).
+    Rules: ``epochs < 1`` raises ``ValueError`` naming it; so does a dataloader with no batches (the seed
+    divided by ``len(dataloader)`` = 0).
 
     Example::
 

@@ -115,7 +115,7 @@ class Dropout(nn.Module):
             return x  # eval: identity (the scaling during training already keeps E[x])
         keep = torch.rand_like(x) >= self.p  # P(keep) = 1 - p; rand is in [0, 1) so p = 1 keeps nothing
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)  # never divide by 1 - p = 0
-        return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+        return torch.where(keep, x * scale, 0.0)  # a Python 0.0 takes x's dtype and device
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,9 +129,9 @@ def _init_uniform(hidden_size: int, *params: Tensor) -> None:
             p.uniform_(-bound, bound)
 
 
-def _check_cell_input(name: str, x: Tensor, input_size: int) -> None:
-    if x.dim() != 2 or x.shape[1] != input_size:
-        raise ValueError(f"{name} needs input of shape (B, {input_size}); got {tuple(x.shape)}")
+def _check_cell_input(cell: LSTMCell | GRUCell, x: Tensor) -> None:
+    if x.dim() != 2 or x.shape[1] != cell.input_size:
+        raise ValueError(f"{type(cell).__name__} needs input of shape (B, {cell.input_size}); got {tuple(x.shape)}")
 
 
 class LSTMCell(nn.Module):
@@ -149,7 +149,7 @@ class LSTMCell(nn.Module):
         _init_uniform(hidden_size, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        _check_cell_input("LSTMCell", x, self.input_size)
+        _check_cell_input(self, x)
         if state is None:
             zeros = x.new_zeros(x.shape[0], self.hidden_size)
             state = (zeros, zeros)
@@ -176,7 +176,7 @@ class GRUCell(nn.Module):
         _init_uniform(hidden_size, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
-        _check_cell_input("GRUCell", x, self.input_size)
+        _check_cell_input(self, x)
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
         i_r, i_z, i_n = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=1)
@@ -235,7 +235,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
     total = torch.linalg.vector_norm(torch.stack(norms), norm_type)  # the norm of all grads as one vector
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # never scale up; 1e-6 as in PyTorch
     for g in grads:
-        g.detach().mul_(coef.to(g.dtype))
+        g.detach().mul_(coef)  # in place: whoever holds the gradient tensor sees the clipping
     return total
 
 
