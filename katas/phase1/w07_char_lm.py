@@ -55,8 +55,9 @@ class AdvancedCharLM(nn.Module):
 
     - ``x``: ``(B, T)`` token ids (``torch.long``); anything that is not 2-D -> ``ValueError`` naming the
       shape;
-    - ``state``: ``None`` (start from zeros) or the ``(h, c)`` pair a previous call returned, each of
-      shape ``(num_layers, B, hidden_dim)``;
+    - ``state``: ``None`` (start from zeros - on ``x``'s device, or let ``nn.LSTM`` make them) or the
+      ``(h, c)`` pair a previous call returned, each of shape ``(num_layers, B, hidden_dim)``; it is not
+      modified;
     - returns ``logits`` of shape ``(B, T, vocab_size)`` and the new ``(h, c)``.
 
     Why the state matters: an LSTM reads a sequence left to right, carrying ``(h, c)``. If ``forward``
@@ -101,15 +102,17 @@ class AdvancedCharLM(nn.Module):
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The language-modelling loss: mean next-token cross-entropy over every position.
 
-    - ``logits``: ``(..., V)`` floats, usually ``(B, T, V)``;
+    - ``logits``: ``(..., V)`` floats with any leading shape, usually ``(B, T, V)`` (a single ``(V,)`` row
+      with a 0-d target is one position), in any memory layout (a slice or a transpose is not contiguous);
     - ``targets``: the leading shape of ``logits``, usually ``(B, T)``, ``torch.long`` ids in ``[0, V)``;
-    - returns a 0-d tensor (keep it a tensor: training calls ``.backward()`` on it):
-      ``-mean over all B*T positions of log softmax(logits)[target]``.
+    - returns a 0-d tensor of the logits' dtype (keep it a tensor: training calls ``.backward()`` on it):
+      ``-mean over all positions of log softmax(logits)[target]``. Neither input is modified.
 
     ``F.cross_entropy`` expects the classes in dimension 1 (``(N, V)`` logits with ``(N,)`` targets), so
-    flatten the positions first - passing ``(B, T, V)`` straight in is an error (or, worse, silently
-    wrong when T == V). Use a stable log-softmax (``F.cross_entropy`` / ``F.log_softmax``), never
-    ``torch.log(torch.softmax(...))``, which gives ``inf`` once a logit gap exceeds ~100.
+    flatten the positions first with ``reshape`` (``view`` fails on non-contiguous logits) - passing
+    ``(B, T, V)`` straight in is an error (or, worse, silently wrong when T == V). Use a stable
+    log-softmax (``F.cross_entropy`` / ``F.log_softmax``), never ``torch.log(torch.softmax(...))``, which
+    gives ``inf`` once a logit gap exceeds ~100.
 
     Shapes that do not fit (``logits.shape[:-1] != targets.shape``) -> ``ValueError`` naming both shapes.
 
@@ -137,7 +140,7 @@ def perplexity(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tens
       model back in the mode it was in (training code calls this between epochs);
     - move each batch to the model's device (``_device_of(model)``);
     - the model returns ``(logits, state)``: ignore the state (each batch starts from zeros);
-    - a loader that yields no tokens -> ``ValueError``.
+    - a loader that yields no tokens (no batches, or only empty ones) -> ``ValueError``.
 
     Example::
 
@@ -198,8 +201,12 @@ def sample(model: nn.Module, vocab: Any, prompt: str, length: int, temperature: 
     1. ``model.eval()`` and ``torch.no_grad()`` (restore the model's previous mode at the end);
     2. run the model once on the encoded prompt, shape ``(1, len(prompt))``, keep the returned state;
     3. ``length`` times: pick the next id from the logits of the *last* position, append it, and feed
-       just that one id, shape ``(1, 1)``, together with the state (do not re-read the whole text);
+       just that one id, shape ``(1, 1)``, together with the state (do not re-read the whole text: that
+       makes every new character cost a pass over everything so far). Feeding the very last id is
+       optional - its logits are never used;
     4. decode prompt ids + new ids.
+
+    Every id tensor is created on the model's device (``_device_of(model)``), as a model on a GPU needs.
 
     Picking the next id from logits ``z`` (shape ``(V,)``):
 
@@ -210,7 +217,8 @@ def sample(model: nn.Module, vocab: Any, prompt: str, length: int, temperature: 
     - ``top_k``: keep the k largest logits and set the others to ``-inf`` (not 0: ``exp(0) = 1`` would keep
       them alive); ``top_k=1`` is greedy; a k above V keeps everything; ``top_k < 1`` -> ``ValueError``;
     - draw from ``softmax`` with ``torch.multinomial(probs, 1, generator=generator)`` (on the CPU, where a
-      CPU generator can draw). Always pass ``generator`` on: the same seed must give the same text.
+      CPU generator can draw). Always pass ``generator`` on: the same seed must give the same text, and
+      torch's global RNG is left alone; with ``generator=None`` the draws come from the global RNG.
 
     Also: ``length < 0`` or an empty prompt -> ``ValueError``; ``length == 0`` returns the prompt.
 

@@ -31,10 +31,11 @@ class AdvancedCharLM(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int = 128, hidden_dim: int = 256, num_layers: int = 2,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim),
-                            ("hidden_dim", hidden_dim), ("num_layers", num_layers)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        if min(vocab_size, embedding_dim, hidden_dim, num_layers) < 1:
+            raise ValueError(
+                f"vocab_size, embedding_dim, hidden_dim and num_layers must all be at least 1; got vocab_size="
+                f"{vocab_size}, embedding_dim={embedding_dim}, hidden_dim={hidden_dim}, num_layers={num_layers}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -56,7 +57,7 @@ class AdvancedCharLM(nn.Module):
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over every position."""
-    if logits.dim() < 2 or logits.shape[:-1] != targets.shape:
+    if logits.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits must have shape (..., vocab) and targets the leading shape of logits; got logits "
             f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
@@ -73,10 +74,11 @@ def perplexity(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tens
     model.eval()  # dropout off: we measure the model, not a noisy version of it
     try:
         with torch.no_grad():  # nothing to backpropagate; no graph, less memory
-            for x, y in loader:
-                logits, _ = model(x.to(device))
+            for batch in loader:
+                x, y = (t.to(device) for t in batch)
+                logits, _ = model(x)
                 # weight each batch by its number of tokens: a short last batch must count less
-                total += lm_loss(logits, y.to(device)).item() * y.numel()
+                total += lm_loss(logits, y).item() * y.numel()
                 count += y.numel()
     finally:
         model.train(was_training)
@@ -101,9 +103,9 @@ def train_char_lm(model: nn.Module, train_loader: Iterable[tuple[torch.Tensor, t
     for _ in range(epochs):
         model.train()  # every epoch: validation below switched the model to eval mode
         total, count = 0.0, 0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
+        for batch in train_loader:
+            x, y = (t.to(device) for t in batch)
+            optimizer.zero_grad()
             logits, _ = model(x)  # each batch is an independent chunk: start from a zero state
             loss = lm_loss(logits, y)
             loss.backward()
@@ -128,7 +130,7 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator
     logits = logits.float().cpu() / temperature  # on the CPU, where a CPU generator can draw
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # -inf, not 0: exp(-inf) = 0
+        logits = logits.masked_fill(logits < kth, -math.inf)  # -inf, not 0: exp(-inf) = 0
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -151,12 +153,11 @@ def sample(model: nn.Module, vocab: Any, prompt: str, length: int, temperature: 
     try:
         with torch.no_grad():
             # read the whole prompt once; afterwards feed one token at a time and carry the state
-            logits, state = model(torch.tensor([ids], dtype=torch.long, device=device))
-            for step in range(length):
+            logits, state = model(torch.tensor([ids], device=device))  # (1, P) ids: Python ints give int64
+            for _ in range(length):
                 token = _pick(logits[0, -1], temperature, top_k, generator)
                 ids.append(token)
-                if step + 1 < length:
-                    logits, state = model(torch.tensor([[token]], dtype=torch.long, device=device), state)
+                logits, state = model(torch.tensor([[token]], device=device), state)
     finally:
         model.train(was_training)
     return vocab.decode(ids)
@@ -168,11 +169,11 @@ def plot_history(history: Mapping[str, Sequence[float]]) -> Figure:
 
     if not history:
         raise ValueError("history is empty; nothing to plot")
-    fig = Figure(figsize=(6, 4))
+    fig = Figure()
     ax = fig.add_subplot()
     for name, values in history.items():
         values = list(values)
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        ax.plot(range(1, len(values) + 1), values, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
