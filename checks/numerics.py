@@ -20,6 +20,8 @@ from checks.harness.catalogue import mistakes_for
 def describe(value: Any) -> str:
     """A short description of an argument or result: shape and dtype for arrays, repr otherwise."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if getattr(getattr(value, "device", None), "type", None) == "meta":  # a meta tensor has no values
+            return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype} on the meta device"
         array = _to_numpy(value)
         text = f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
         if array.size <= 12:
@@ -36,7 +38,8 @@ def format_call(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | No
 
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()  # NumPy has no bfloat16
     return np.asarray(value)
 
 

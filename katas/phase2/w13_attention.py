@@ -37,6 +37,10 @@ def scaled_dot_product_attention(
     ("batch") dimensions, any number of them: (L, E), (B, L, E) and (B, H, L, E) all work.
     ``output`` is (..., L, Ev) and ``weights`` is (..., L, S); ``weights[..., i, j]`` is how much query i
     takes from key j, so the softmax runs over the LAST axis (the keys), and each row sums to 1.
+    Sizes may be 0: L = 0 gives empty results, and S = 0 (no keys at all) leaves every row fully masked, so
+    the output is zeros (see the rules below). ``q``, ``k``, ``v`` (and a float ``attn_mask``) share one
+    floating dtype, which ``output`` and ``weights`` keep; a tensor you create (the causal mask) goes on
+    ``q``'s device. The inputs are never modified in place: the caller still needs them.
 
     Rules (the same as ``torch.nn.functional.scaled_dot_product_attention``, which the checks compare with):
 
@@ -79,7 +83,8 @@ def causal_mask(t: int, device: torch.device | str | None = None) -> Tensor:
     first token with nothing to attend to). The result is lower-triangular and plugs straight into
     ``scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t))``, which then equals
     ``is_causal=True``. ``t`` must be an integer >= 0 (``t=0`` gives an empty (0, 0) mask); a negative ``t``
-    is a ``ValueError`` naming it. ``device`` places the mask (e.g. next to the activations on a GPU).
+    is a ``ValueError`` naming it, and a float ``t`` such as ``3.0`` a ``TypeError`` (as for ``range``).
+    ``device`` places the mask (e.g. next to the activations on a GPU); by default it is on the CPU.
 
     Example::
 
@@ -98,9 +103,12 @@ def padding_mask(lengths: Tensor | Sequence[int], t: int) -> Tensor:
 
     Same convention as ``causal_mask`` (True = may be attended to). To use it as an attention mask over
     keys for every head and query, index it as ``mask[:, None, None, :]`` -> (B, 1, 1, t).
-    ``lengths`` is a 1-D integer tensor or a list of ints, each in [0, t]; anything else (a length above
-    ``t``, a negative length, a negative ``t``) is a ``ValueError`` that names the offending value.
-    The mask lives on the device of ``lengths``.
+
+    ``lengths`` is a 1-D integer tensor or a list of ints, each in [0, t]; an empty one (B = 0) gives a
+    (0, t) mask. A length above ``t``, a negative length, float lengths (``2.5``, even ``2.0``) or bool ones
+    (``True`` is not a length) are a ``ValueError`` that names the offending value; so are a negative ``t``
+    and ``lengths`` that are not 1-D. ``t`` must be an integer: a float ``t`` is a ``TypeError``.
+    The mask lives on the device of ``lengths`` (the CPU for a list); ``lengths`` itself is not modified.
 
     Example::
 
@@ -122,9 +130,13 @@ class SelfAttention(nn.Module):
 
     Parameter layout (the checks copy ``nn.MultiheadAttention`` weights in by these names, so keep them):
     ``self.query``, ``self.key``, ``self.value``, ``self.out`` - four ``nn.Linear(embed_dim, embed_dim)``
-    with bias; ``self.dropout`` - an ``nn.Dropout(dropout)`` applied to the attention *weights* in training
-    mode only (as ``nn.MultiheadAttention`` does). Also store ``embed_dim``, ``num_heads``, ``head_dim``
-    and ``causal`` as attributes.
+    with bias and PyTorch's default initialisation, and no other parameters; ``self.dropout`` -
+    an ``nn.Dropout(dropout)`` applied to the attention *weights* (B, H, T, T) in training mode only, as
+    ``nn.MultiheadAttention`` does: each weight is zeroed with probability ``dropout`` and the others are
+    scaled by 1 / (1 - dropout). Also store ``embed_dim``, ``num_heads``, ``head_dim`` and ``causal`` as
+    attributes. By default the attention is bidirectional (``causal=False``) and has no dropout (``0.0``).
+    ``embed_dim`` and ``num_heads`` must be positive and ``embed_dim % num_heads == 0``; otherwise
+    ``__init__`` raises a ``ValueError`` that names both numbers.
 
     ``forward(x, key_padding_mask=None)``:
 
@@ -137,7 +149,9 @@ class SelfAttention(nn.Module):
     4. merge heads: transpose back to (B, T, H, hd), reshape to (B, T, E), then apply ``out``.
 
     ``key_padding_mask`` is a (B, T) bool tensor with True on real tokens (as ``padding_mask`` returns). Note
-    that ``nn.MultiheadAttention``'s ``key_padding_mask`` means the opposite (True = ignore).
+    that ``nn.MultiheadAttention``'s ``key_padding_mask`` means the opposite (True = ignore). A mask of any
+    other shape is a ``ValueError`` naming that shape: indexed as above, it would not fail but broadcast
+    against the (B, H, T, T) scores into nonsense. ``forward`` modifies neither ``x`` nor the mask.
 
     Example::
 
@@ -167,17 +181,22 @@ class PositionalEncoding(nn.Module):
         pe[pos, c] = cos(pos / 10000 ** (2 * i / E))   for odd c
 
     so columns come in (sin, cos) pairs sharing one frequency, from 1 (columns 0, 1) down to nearly
-    1/10000. Precompute ``pe`` for positions 0 .. max_len-1 in ``__init__`` and keep it as a buffer
-    (``self.register_buffer("pe", ...)``: it moves with ``.to(device)`` but is not a parameter).
-    ``forward(x)`` returns ``x + pe[:T]`` (the same encoding for every batch item), in ``x``'s dtype.
+    1/10000. Precompute the table for positions 0 .. max_len-1 in ``__init__`` and keep it as a buffer named
+    ``pe`` of shape (1, max_len, E) in the default dtype (``self.register_buffer("pe", ...)``): it moves with
+    ``.to(device)`` and is saved in the ``state_dict``, but it is not a parameter, so it never trains.
+    ``forward(x)`` returns a new tensor ``x + pe[:, :T]`` (the same encoding for every batch item) in ``x``'s
+    dtype, leaving ``x`` itself unchanged. ``embed_dim`` and ``max_len`` must be positive (``ValueError``
+    naming the value otherwise).
 
     The seed's bug: it wrote ``pe[:, 1::2] = torch.cos(position * div_term)``. For an odd E there are
     ceil(E/2) frequencies (one per even column) but only floor(E/2) odd columns, so the assignment
     crashed. Any E >= 1 must work here: cut the cosines to E // 2 columns.
 
     Also: an input longer than ``max_len`` is a ``ValueError`` naming both lengths (the seed crashed
-    with a broadcasting error instead). Computing the angles in float64 and storing the result in the
-    default dtype keeps large positions accurate (the checks allow float32 rounding).
+    with a broadcasting error instead). Large positions need care too: compute the angles ``pos * freq``
+    in float64 and round only the finished table to the default dtype. The checks compare every position
+    up to ``max_len`` with the exact formula within 1e-6 (float32 rounding of the stored values is fine),
+    and the seed's float32 angles are off by ~1e-4 at position 5000.
 
     Example::
 
@@ -204,6 +223,9 @@ class TransformerBlock(nn.Module):
     ``self.norm1``, ``self.norm2`` - ``nn.LayerNorm(embed_dim)``,
     ``self.feed_forward = nn.Sequential(nn.Linear(embed_dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, embed_dim))``,
     ``self.dropout = nn.Dropout(dropout)`` applied to each sub-layer's output before it is added back.
+    Nothing else is dropped (unlike ``nn.TransformerEncoderLayer``, the feed-forward has no inner dropout);
+    in training each element of a sub-layer's output is zeroed with probability ``dropout`` and the rest
+    scaled by 1 / (1 - dropout). The defaults: ``dropout=0.1``, post-norm, bidirectional.
 
     ``forward(x, key_padding_mask=None)`` (the mask is passed on to the attention), two orders:
 
@@ -219,7 +241,8 @@ class TransformerBlock(nn.Module):
 
     Each residual goes around ITS OWN sub-layer: the feed-forward's shortcut carries the attention
     sub-layer's result, not the block's input. In pre-norm, only the sub-layer's input is normalised; the
-    residual stream ``x`` itself is added back un-normalised.
+    residual stream ``x`` itself is added back un-normalised. Build new tensors (``x = x + ...``), never
+    ``x += ...``: the first ``x`` is the caller's input.
 
     With dropout 0 (or in ``eval()`` mode) and the same weights this equals
     ``nn.TransformerEncoderLayer(embed_dim, num_heads, ff_dim, activation="relu", batch_first=True,

@@ -2,7 +2,8 @@
 
 Fixes of the learning path's own code (the seed):
 - ``PositionalEncoding`` crashed for an odd ``embed_dim``: the cosine columns ``pe[:, 1::2]`` are one fewer
-  than the frequencies. Here the cosines are cut to ``embed_dim // 2`` columns.
+  than the frequencies. Here the cosines are cut to ``embed_dim // 2`` columns. It also computed the angles in
+  float32, which drift by ~1e-4 at position 5000; here they are float64, rounded once when stored.
 - ``SelfAttention`` had no causal mask and crashed with an unclear ``view`` error when ``embed_dim`` was not
   divisible by ``num_heads``; here the mask is optional and the constructor raises a ``ValueError``.
 - ``TransformerBlock`` was post-norm only and always bidirectional; ``norm_first`` and ``causal`` are added.
@@ -38,18 +39,22 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(q.shape[-1])  # keeps the scores' variance ~1 whatever the head size
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
     if is_causal:
-        # top-left aligned, like torch: query i sees keys 0..i
-        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        # top-left aligned, like torch: query i sees keys 0..i; built where q lives (a GPU, or meta)
+        attn_mask = q.new_ones(L, S, dtype=torch.bool).tril()
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            scores = torch.where(attn_mask, scores, float("-inf"))  # True = may attend
+            scores = scores.masked_fill(~attn_mask, -math.inf)  # True = may attend
         elif attn_mask.is_floating_point():
-            scores = scores + attn_mask.to(scores.dtype)  # additive: 0 keeps, -inf removes
+            scores = scores + attn_mask  # additive: 0 keeps, -inf removes
         else:
             raise ValueError(f"attn_mask must be bool or floating point, got dtype {attn_mask.dtype}")
+    if S == 0:
+        # no keys at all: every row is fully masked, so its output is 0 ((..., L, 0) @ (..., 0, Ev) is zeros)
+        return scores @ v, scores
     # A softmax that maps a row of -inf (no allowed key) to zeros instead of 0/0 = nan, forward and backward:
-    # shift by the row max (0 for an empty row), then divide by a sum clamped away from 0.
-    row_max = scores.amax(dim=-1, keepdim=True).detach()  # the shift cancels, no gradient needed
+    # shift by the row max (0 for a row without any allowed key), then divide by a sum clamped away from 0.
+    # The shift cancels in the division, so it needs no gradient; it only keeps exp() from overflowing.
+    row_max = scores.detach().amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     e = torch.exp(scores - row_max)
     weights = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
@@ -70,13 +75,16 @@ def padding_mask(lengths: Tensor | Sequence[int], t: int) -> Tensor:
     t = operator.index(t)
     if t < 0:
         raise ValueError(f"t must be >= 0, got t={t}")
-    lengths = torch.as_tensor(lengths)
-    if lengths.ndim != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be a 1-D sequence of integers, got {lengths!r}")
+    lengths = torch.as_tensor(lengths)  # a list becomes a CPU tensor; a tensor keeps its device
+    # A float is not a length and a bool would silently count as 0 or 1. (An empty list becomes an empty
+    # float tensor: that one is fine.)
+    if lengths.ndim != 1 or lengths.dtype == torch.bool or lengths.is_floating_point() and lengths.numel():
+        raise ValueError(f"lengths must be a 1-D sequence of integers, got {lengths.tolist()}")
     for b, n in enumerate(lengths.tolist()):
         if not 0 <= n <= t:
             raise ValueError(f"lengths[{b}] = {n} is outside [0, t={t}]")
-    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+    positions = lengths.new_tensor(range(t))  # 0 .. t-1, on the device of lengths
+    return positions[None, :] < lengths[:, None]
 
 
 class SelfAttention(nn.Module):
@@ -84,7 +92,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        if embed_dim <= 0 or num_heads <= 0:
+        if embed_dim <= 0 or num_heads <= 0:  # num_heads=0 would divide by zero below
             raise ValueError(f"embed_dim and num_heads must be positive, got {embed_dim} and {num_heads}")
         if embed_dim % num_heads != 0:
             # the seed failed later inside .view with an unclear shape error
@@ -100,8 +108,6 @@ class SelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        if x.ndim != 3 or x.shape[-1] != self.embed_dim:
-            raise ValueError(f"x must have shape (B, T, {self.embed_dim}), got {tuple(x.shape)}")
         B, T, E = x.shape
         H, hd = self.num_heads, self.head_dim
 
@@ -112,13 +118,14 @@ class SelfAttention(nn.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         mask = causal_mask(T, device=x.device) if self.causal else None  # (T, T)
         if key_padding_mask is not None:
+            # another shape would not fail here but broadcast against the (B, H, T, T) scores into nonsense
             if key_padding_mask.shape != (B, T):
                 raise ValueError(f"key_padding_mask must have shape ({B}, {T}), got {tuple(key_padding_mask.shape)}")
-            keep = key_padding_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, T): same for every head and query
+            keep = key_padding_mask[:, None, None, :]  # (B, 1, 1, T): same for every head and query
             mask = keep if mask is None else mask & keep
-        out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
-        if self.training and self.dropout.p > 0:
-            out = self.dropout(weights) @ v  # dropout on the attention weights, as nn.MultiheadAttention does
+        _, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, T)
+        # dropout on the attention weights, as nn.MultiheadAttention does (nn.Dropout is the identity in eval())
+        out = self.dropout(weights) @ v  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(B, T, E)  # heads back side by side
         return self.out(out)
 
@@ -130,16 +137,15 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         if embed_dim <= 0 or max_len <= 0:
             raise ValueError(f"embed_dim and max_len must be positive, got {embed_dim} and {max_len}")
-        self.embed_dim = embed_dim
         self.max_len = max_len
-        # computed in float64 so that large positions stay accurate, stored in the default dtype
-        position = torch.arange(max_len, dtype=torch.float64)[:, None]
+        # The angles in float64: in float32, pos * frequency is off by ~1e-4 at position 5000.
+        position = torch.arange(max_len)[:, None]  # (max_len, 1) integers, exact in any dtype
         div_term = torch.exp(torch.arange(0, embed_dim, 2, dtype=torch.float64) * (-math.log(10000.0) / embed_dim))
-        angles = position * div_term  # (max_len, ceil(E / 2))
-        pe = torch.zeros(max_len, embed_dim, dtype=torch.float64)
+        angles = position * div_term  # (max_len, ceil(E / 2)), float64
+        pe = torch.zeros(max_len, embed_dim)  # the default dtype: each float64 value is rounded once, here
         pe[:, 0::2] = torch.sin(angles)
         pe[:, 1::2] = torch.cos(angles[:, : embed_dim // 2])  # one column fewer when E is odd (the seed crashed)
-        self.register_buffer("pe", pe.unsqueeze(0).to(torch.get_default_dtype()))  # (1, max_len, E)
+        self.register_buffer("pe", pe.unsqueeze(0))  # (1, max_len, E): moves with .to(), saved, never trained
 
     def forward(self, x: Tensor) -> Tensor:
         T = x.size(1)
