@@ -67,6 +67,23 @@ class TokenizerPlaceholdersCountedTwice(AdvancedTokenizer):
         self.idx_to_word = dict(enumerate(vocab))
 
 
+@mistake("AdvancedTokenizer", "replaces mentions and hashtags before URLs, so a URL right after '@' or '#' is "
+                              "broken up: '@http://x.io' becomes '<USER>://x.io' instead of '@<URL>'")
+class TokenizerUrlsLast(AdvancedTokenizer):
+    def preprocess_text(self, text):
+        text = re.sub(r"@\w+", "<USER>", text.lower())
+        text = re.sub(r"#\w+", "<HASHTAG>", text)
+        return re.sub(r"http\S+", "<URL>", text)
+
+
+@mistake("AdvancedTokenizer", "starts word_counts over at every build_vocab call, so a second call forgets the words "
+                              "of the first instead of adding to them")
+class TokenizerResetsCounts(AdvancedTokenizer):
+    def build_vocab(self, texts):
+        self.word_counts = Counter()
+        super().build_vocab(texts)
+
+
 @variant("AdvancedTokenizer", "substitutes through a table of (pattern, placeholder) pairs and picks the words "
                               "with heapq.nsmallest on (-count, word)")
 class TokenizerWithHeap:
@@ -192,11 +209,42 @@ class BPESaveSortedByPair(BPETokenizer):
             f.write("bpe v1\n" + "".join(f"{a} {b}\n" for a, b in sorted(self.merges)))
 
 
+@mistake("BPETokenizer", "decodes with the default errors='strict', so ids whose bytes are not valid UTF-8 "
+                         "raise UnicodeDecodeError instead of giving U+FFFD")
+class BPEDecodeStrict(BPETokenizer):
+    def decode(self, ids):
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8")
+
+
+@mistake("BPETokenizer", "keeps the merges of an earlier train (or load) and adds the new ones to them, so a "
+                         "second train or a load does not replace the model")
+class BPEKeepsOldMerges(BPETokenizer):
+    def train(self, text, vocab_size, verbose=False):
+        old_merges, old_vocab = dict(self.merges), dict(self.vocab)
+        super().train(text, vocab_size, verbose)
+        self.merges, self.vocab = {**old_merges, **self.merges}, {**old_vocab, **self.vocab}
+
+    def load(self, path):
+        old_merges = dict(self.merges)
+        super().load(path)
+        self.merges = {**old_merges, **self.merges}
+        return self
+
+
+@mistake("BPETokenizer", "prints every merge whatever verbose says")
+class BPEAlwaysVerbose(BPETokenizer):
+    def train(self, text, vocab_size, verbose=False):
+        super().train(text, vocab_size, verbose=True)
+
+
 @variant("BPETokenizer", "trains by recounting every pair after each merge (slow but correct) and encodes by "
                          "applying every merge, in rank order, to the whole sequence")
 class BPERecountAndApplyInOrder(BPETokenizer):
     def train(self, text, vocab_size, verbose=False):
         _recount_train(self, text, vocab_size, lambda counts: min(counts, key=lambda p: (-counts[p], p)))
+        if verbose:
+            for pair, new in self.merges.items():
+                print(f"{pair} -> {new}")
 
     def encode(self, text):
         ids = list(text.encode("utf-8"))
@@ -272,6 +320,31 @@ def wordpiece_partial_unk(word, vocab, unk="[UNK]", max_input_chars_per_word=100
     return pieces
 
 
+@mistake("wordpiece_encode", "returns the literal '[UNK]' for a word over max_input_chars_per_word, ignoring the "
+                             "unk argument")
+def wordpiece_long_word_literal_unk(word, vocab, unk="[UNK]", max_input_chars_per_word=100):
+    if len(word) > max_input_chars_per_word:
+        return ["[UNK]"]
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                pieces.append(piece)
+                start = end
+                break
+        else:
+            return [unk]
+    return pieces
+
+
+@mistake("wordpiece_encode", "makes a word of exactly max_input_chars_per_word characters [UNK] too (>= instead of >)")
+def wordpiece_limit_off_by_one(word, vocab, unk="[UNK]", max_input_chars_per_word=100):
+    if len(word) >= max_input_chars_per_word:
+        return [unk]
+    return wordpiece_long_word_literal_unk(word, vocab, unk, max_input_chars_per_word)
+
+
 @variant("wordpiece_encode", "tries every end position from the shortest up and keeps the last (longest) match; "
                              "recursive on the rest of the word")
 def wordpiece_keep_longest(word, vocab, unk="[UNK]", max_input_chars_per_word=100):
@@ -329,6 +402,41 @@ class NGramNoPadding(NGramLM):
             self.counts[(context, tokens[i])] += 1
             self.context_counts[context] += 1
         return self
+
+
+@mistake("NGramLM", "keeps the counts and vocabulary of an earlier fit and adds the new text to them")
+class NGramRefitAccumulates(NGramLM):
+    def fit(self, tokens):
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("cannot fit on no tokens")
+        self.vocab |= set(tokens) | {self.UNK}
+        padded = [self.BOS] * (self.n - 1) + tokens
+        for i, word in enumerate(tokens):
+            context = tuple(padded[i:i + self.n - 1])
+            self.counts[(context, word)] += 1
+            self.context_counts[context] += 1
+        return self
+
+
+@mistake("NGramLM", "keeps the FIRST n - 1 tokens of a long context (context[:n - 1]) instead of the last ones")
+class NGramFirstContextTokens(NGramLM):
+    def prob(self, word, context=()):
+        return super().prob(word, list(context)[: self.n - 1])
+
+
+@mistake("NGramLM", "multiplies the probabilities and takes the N-th root: the product underflows to 0 on a long "
+                    "text and the perplexity becomes inf")
+class NGramPerplexityByProduct(NGramLM):
+    def perplexity(self, tokens):
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("empty")
+        padded = [self.BOS] * (self.n - 1) + tokens
+        product = 1.0
+        for i, word in enumerate(tokens):
+            product *= self.prob(word, padded[i:i + self.n - 1])
+        return product ** (-1 / len(tokens)) if product > 0 else math.inf
 
 
 @variant("NGramLM", "stores a Counter of next words per context and sums log-probabilities with torch in float64")
@@ -423,6 +531,79 @@ def perplexity_hardcoded_ignore(model, dataloader, ignore_index=-100):
                                           reduction="sum").item()
             total_tokens += int((target != -100).sum())
     model.train(was)
+    return math.exp(total_loss / total_tokens)
+
+
+@mistake("calculate_perplexity", "takes log(softmax(logits)): a target far below the other logits gets probability "
+                                 "0 in floating point and log(0) = -inf, where cross-entropy stays finite")
+def perplexity_log_of_softmax(model, dataloader, ignore_index=-100):
+    was = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for data, target in dataloader:
+            probs = torch.softmax(model(data).double(), dim=-1)
+            mask = target != ignore_index
+            picked = probs[mask].gather(-1, target[mask].unsqueeze(-1))
+            total_loss -= torch.log(picked).sum().item()
+            total_tokens += int(mask.sum())
+    model.train(was)
+    if total_tokens == 0:
+        raise ValueError("no tokens")
+    return math.exp(total_loss / total_tokens)
+
+
+@mistake("calculate_perplexity", "overwrites the padding targets with 0 in place (to gather with them), which "
+                                 "changes the caller's dataset")
+def perplexity_edits_targets_in_place(model, dataloader, ignore_index=-100):
+    was = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for data, target in dataloader:
+            mask = target != ignore_index
+            target[~mask] = 0
+            logp = torch.log_softmax(model(data).double(), dim=-1)
+            total_loss -= (logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask).sum().item()
+            total_tokens += int(mask.sum())
+    model.train(was)
+    if total_tokens == 0:
+        raise ValueError("no tokens")
+    return math.exp(total_loss / total_tokens)
+
+
+@mistake("calculate_perplexity", "unpacks B, T, V = logits.shape, so only 3-D logits work")
+def perplexity_assumes_three_dims(model, dataloader, ignore_index=-100):
+    was = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for data, target in dataloader:
+            logits = model(data)
+            B, T, V = logits.shape
+            total_loss += F.cross_entropy(logits.double().view(B * T, V), target.view(B * T),
+                                          ignore_index=ignore_index, reduction="sum").item()
+            total_tokens += int((target != ignore_index).sum())
+    model.train(was)
+    if total_tokens == 0:
+        raise ValueError("no tokens")
+    return math.exp(total_loss / total_tokens)
+
+
+@mistake("calculate_perplexity", "switches to eval mode but forgets torch.no_grad(), so every batch builds an "
+                                 "autograd graph")
+def perplexity_with_grad(model, dataloader, ignore_index=-100):
+    was = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    for data, target in dataloader:
+        logits = model(data)
+        total_loss += F.cross_entropy(logits.reshape(-1, logits.size(-1)).double(), target.reshape(-1),
+                                      ignore_index=ignore_index, reduction="sum").item()
+        total_tokens += int((target != ignore_index).sum())
+    model.train(was)
+    if total_tokens == 0:
+        raise ValueError("no tokens")
     return math.exp(total_loss / total_tokens)
 
 

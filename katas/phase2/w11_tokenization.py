@@ -39,13 +39,16 @@ class AdvancedTokenizer:
         0 <PAD>   1 <UNK>   2 <START>   3 <END>   4 <URL>   5 <USER>   6 <HASHTAG>
 
     (``SPECIAL_TOKENS`` below, in id order). ``vocab_size`` smaller than 7 leaves no room for them:
-    ``ValueError`` naming the value.
+    ``ValueError`` naming the value. A new tokenizer has an empty vocabulary: ``word_to_idx`` and
+    ``idx_to_word`` are ``{}`` and ``word_counts`` is an empty ``Counter``.
 
     Methods (and the attributes they fill):
 
     - ``preprocess_text(text) -> str``: lower-case the text, THEN replace, in this order, every match of
       ``http\\S+`` by ``<URL>``, of ``@\\w+`` by ``<USER>`` and of ``#\\w+`` by ``<HASHTAG>``
-      (the seed's regular expressions; URLs go first so that a ``#`` inside a URL stays part of it).
+      (the seed's regular expressions). The order matters where they touch: URLs go first, so
+      ``"@http://x.io"`` becomes ``"@<URL>"``, not ``"<USER>://x.io"``. Nothing else changes (spaces and
+      punctuation stay).
     - ``build_vocab(texts)``: add the words (``preprocess_text(t).split()``) of every text to the Counter
       ``word_counts``, then set ``word_to_idx`` (word -> id) and ``idx_to_word`` (id -> word): the seven
       special tokens, then the most frequent other words, as many as fit in ``vocab_size``. Ties in the
@@ -122,8 +125,9 @@ class BPETokenizer:
         2. pick the most frequent pair; **ties go to the smallest pair**, comparing ``(first, second)``
            as tuples of ints. (Not "the first one seen": that depends on how your counts were stored.)
         3. replace its occurrences left to right, without overlap (``[a, a, a]`` -> ``[X, a]``).
-      ``vocab_size < 256`` -> ``ValueError``; a text that runs out of pairs before enough merges
-      (e.g. ``"ab"`` with ``vocab_size=300``) -> ``ValueError``. With ``verbose=True`` print each merge.
+      ``vocab_size < 256`` -> ``ValueError`` naming it; a text that runs out of pairs before enough merges
+      (e.g. ``"ab"`` with ``vocab_size=300``) -> ``ValueError``. With ``verbose=True`` print one line per
+      merge that names the pair and its new id (e.g. ``(97, 97) -> 256``); by default print nothing.
 
       **Be fast.** Recounting every pair of the whole text after each merge costs O(len(text)) per
       merge. A merge only changes the counts of the pairs around its occurrences: keep a count per
@@ -211,7 +215,7 @@ class NGramLM:
     """An n-gram language model over tokens, with add-k smoothing.
 
     ``NGramLM(n, k=1.0)``: the probability of a word depends on the ``n - 1`` tokens before it (its
-    *context*). ``n`` must be a positive int and ``k`` positive, else ``ValueError``.
+    *context*). ``n`` must be a positive int and ``k`` positive, else ``ValueError`` naming the value.
 
     - ``fit(tokens) -> NGramLM``: count, for every position ``i`` of the token sequence, the pair
       (context of ``i``, ``tokens[i]``), and how often each context occurs; return ``self``. The context

@@ -40,7 +40,7 @@ class AdvancedTokenizer:
     def preprocess_text(self, text: str) -> str:
         # Lower-case FIRST: lower-casing after the substitutions would turn <URL> into <url> (the seed's bug).
         text = text.lower()
-        text = _URL.sub("<URL>", text)  # URLs first, so a '#' or '@' inside a URL stays part of it
+        text = _URL.sub("<URL>", text)  # URLs first: '@http://x.io' is '@<URL>', not '<USER>://x.io'
         text = _USER.sub("<USER>", text)
         return _HASHTAG.sub("<HASHTAG>", text)
 
@@ -58,7 +58,7 @@ class AdvancedTokenizer:
         self.idx_to_word = dict(enumerate(vocab))
 
     def encode(self, text: str) -> list[int]:
-        unk = self.word_to_idx["<UNK>"] if self.word_to_idx else self.SPECIAL_TOKENS.index("<UNK>")
+        unk = self.SPECIAL_TOKENS.index("<UNK>")  # the fixed id 1, even before build_vocab
         return [self.word_to_idx.get(word, unk) for word in self.preprocess_text(text).split()]
 
     def decode(self, indices: Iterable[int]) -> str:
@@ -96,15 +96,14 @@ class BPETokenizer:
         if vocab_size < 256:
             raise ValueError(f"vocab_size={vocab_size} is below 256, the number of byte tokens")
         num_merges = vocab_size - 256
-        ids = list(text.encode("utf-8"))
+        ids = list(text.encode())  # str.encode is UTF-8
         n = len(ids)
         # The sequence as a linked list over the original byte positions: a token lives at the position
         # of its first byte, so merging never shifts anything and position order stays text order.
+        # The ends are marked by the positions just outside the text: -1 before it, n after it.
         tok = ids[:]
-        nxt = list(range(1, n + 1))
-        prv = list(range(-1, n - 1))
-        if n:
-            nxt[-1] = -1
+        nxt = [i + 1 for i in range(n)]
+        prv = [i - 1 for i in range(n)]
         counts: dict[tuple[int, int], int] = dict(Counter(pairwise(ids)))  # exact pair counts
         where: defaultdict[tuple[int, int], list[int]] = defaultdict(list)  # pair -> left positions (a superset)
         for i, pair in enumerate(pairwise(ids)):
@@ -120,7 +119,7 @@ class BPETokenizer:
         for rank in range(num_merges):
             while heap:
                 neg, pair = heap[0]
-                current = counts.get(pair, 0)
+                current = counts[pair]  # a pair leaves counts only when merged, with its one heap entry
                 if current == -neg:
                     break
                 heapq.heappop(heap)
@@ -141,10 +140,10 @@ class BPETokenizer:
                 if tok[i] != a:
                     continue  # stale position, or consumed by an overlapping occurrence ('aaa')
                 j = nxt[i]
-                if j < 0 or tok[j] != b:
+                if j == n or tok[j] != b:
                     continue
                 p, q = prv[i], nxt[j]
-                tok[i], tok[j] = new_id, -1
+                tok[i], tok[j] = new_id, -1  # -1 is no token: position j is gone
                 nxt[i] = q
                 if p >= 0:
                     left = tok[p]
@@ -153,7 +152,7 @@ class BPETokenizer:
                     counts[new_pair] = counts.get(new_pair, 0) + 1
                     where[new_pair].append(p)
                     born.add(new_pair)
-                if q >= 0:
+                if q < n:
                     right = tok[q]
                     prv[q] = i
                     counts[(b, right)] -= 1
@@ -168,11 +167,11 @@ class BPETokenizer:
             merges[pair] = new_id
             vocab[new_id] = vocab[a] + vocab[b]
             if verbose:
-                print(f"merge {rank + 1}/{num_merges}: {pair} -> {new_id} ({vocab[new_id]!r})")
+                print(f"{pair} -> {new_id} ({vocab[new_id]!r})")
         self.merges, self.vocab = merges, vocab
 
     def encode(self, text: str) -> list[int]:
-        ids = list(text.encode("utf-8"))
+        ids = list(text.encode())
         while len(ids) >= 2:
             # The lowest-ranked (earliest learned) merge present goes first, as in training.
             pair = min(pairwise(ids), key=lambda p: self.merges.get(p, math.inf))
@@ -188,33 +187,27 @@ class BPETokenizer:
                 raise ValueError(f"token id {i!r} is not in the vocabulary (ids 0..{len(self.vocab) - 1})")
             chunks.append(self.vocab[i])
         # Join the bytes first: one character's UTF-8 bytes may be spread over several tokens.
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        return b"".join(chunks).decode(errors="replace")  # UTF-8, the default
 
     def save(self, path: str | os.PathLike) -> None:
         ranked = sorted(self.merges.items(), key=lambda kv: kv[1])
         lines = [_BPE_HEADER] + [f"{a} {b}" for (a, b), _ in ranked]
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        with open(path, "wb") as f:  # bytes: "\n" line ends on every platform
+            f.write(("\n".join(lines) + "\n").encode())
 
     def load(self, path: str | os.PathLike) -> BPETokenizer:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            lines = f.read().decode().splitlines()
         if not lines or lines[0].strip() != _BPE_HEADER:
-            header = lines[0] if lines else ""
             raise ValueError(
-                f"{os.fspath(path)!r} is not a BPE model file: its first line is {header!r}, not {_BPE_HEADER!r}"
+                f"{os.fspath(path)!r} is not a BPE model file: it does not start with the line {_BPE_HEADER!r}"
             )
         merges: dict[tuple[int, int], int] = {}
         vocab = {i: bytes([i]) for i in range(256)}
-        for line in lines[1:]:
-            if not line.strip():
-                continue
+        for rank, line in enumerate(lines[1:]):
             a, b = (int(x) for x in line.split())
-            new_id = 256 + len(merges)  # the rank is the line order
-            if a not in vocab or b not in vocab:
-                raise ValueError(f"merge {line!r} in {os.fspath(path)!r} uses an id not defined before it")
-            merges[(a, b)] = new_id
-            vocab[new_id] = vocab[a] + vocab[b]
+            merges[(a, b)] = 256 + rank  # the new id is implied by the line's position
+            vocab[256 + rank] = vocab[a] + vocab[b]
         self.merges, self.vocab = merges, vocab
         return self
 
@@ -252,6 +245,8 @@ class NGramLM:
 
     BOS = "<s>"
     UNK = "<unk>"
+    counts: Counter[tuple[tuple[str, ...], str]]  # (context, word) -> count, set by fit
+    context_counts: Counter[tuple[str, ...]]  # context -> count, set by fit
 
     def __init__(self, n: int, k: float = 1.0) -> None:
         if not isinstance(n, int) or n < 1:
@@ -259,9 +254,7 @@ class NGramLM:
         if not k > 0:
             raise ValueError(f"k={k!r} must be positive (k=0 gives unseen events probability 0)")
         self.n, self.k = n, float(k)
-        self.vocab: set[str] = set()
-        self.counts: Counter[tuple[tuple[str, ...], str]] = Counter()
-        self.context_counts: Counter[tuple[str, ...]] = Counter()
+        self.vocab: set[str] = set()  # empty until fit: prob refuses to guess before then
 
     def _context(self, context: Sequence[str]) -> tuple[str, ...]:
         if self.n == 1:
