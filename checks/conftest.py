@@ -33,13 +33,19 @@ settings.load_profile(os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get(
 def _torch_on_one_thread(request):
     """Checks run tiny tensors, for which one thread is several times faster than a pool of them.
 
-    Training challenges (``slow``) and benchmarks (``perf``) keep every thread.
+    Training challenges (``slow``) and benchmarks (``perf``) get the cores, shared out between
+    pytest-xdist workers: two workers with two threads each on two cores run several times slower than
+    with one each.
     """
     torch = sys.modules.get("torch")  # imported by the check module, if it needs torch at all
-    if torch is None or request.node.get_closest_marker("slow") or request.node.get_closest_marker("perf"):
+    if torch is None:
         yield
         return
+    wanted = 1
+    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("perf"):
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        wanted = max(1, (os.cpu_count() or 1) // workers)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(min(wanted, threads))
     yield
     torch.set_num_threads(threads)
