@@ -82,16 +82,6 @@ def _assert_unchanged(call: str, pristine: dict, given_args: dict, symbol: str, 
         )
 
 
-def _describe(value) -> str:
-    """``describe`` for any argument, including tensors NumPy cannot show: meta tensors have no values, and
-    NumPy has no bfloat16 (those are shown through float32)."""
-    if isinstance(value, torch.Tensor) and value.device.type == "meta":
-        return f"Tensor of shape {tuple(value.shape)} and dtype {value.dtype} on the meta device"
-    if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
-        return describe(value.float()).replace(str(torch.float32), str(torch.bfloat16))
-    return describe(value)
-
-
 def _tensors(kwargs: dict) -> dict:
     return {name: value for name, value in kwargs.items() if isinstance(value, torch.Tensor)}
 
@@ -240,7 +230,7 @@ def _torch_sdpa(kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sdpa_call(kwargs: dict) -> str:
-    return f"scaled_dot_product_attention({', '.join(f'{name}={_describe(v)}' for name, v in kwargs.items())})"
+    return f"scaled_dot_product_attention({', '.join(f'{name}={describe(v)}' for name, v in kwargs.items())})"
 
 
 def _call_sdpa(impl, kwargs: dict):
@@ -256,7 +246,7 @@ def _call_sdpa(impl, kwargs: dict):
     for name, got, shape in (("output", out, lead + (q.shape[-2], v.shape[-1])),
                              ("weights", weights, lead + (q.shape[-2], k.shape[-2]))):
         assert isinstance(got, torch.Tensor) and tuple(got.shape) == shape, (
-            f"Called {call}. The {name} is {_describe(got)}; expected shape {shape}: output (..., L, Ev) and weights "
+            f"Called {call}. The {name} is {describe(got)}; expected shape {shape}: output (..., L, Ev) and weights "
             "(..., L, S), one row per query."
         )
     return out, weights
@@ -474,7 +464,7 @@ def test_sdpa_rejects_bad_input(impl):
 
 def _assert_bool_mask(mask, shape: tuple[int, ...], call: str) -> None:
     assert isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and tuple(mask.shape) == shape, (
-        f"Called {call}. Returned {_describe(mask)}; expected a bool tensor of shape {shape} (a float mask means "
+        f"Called {call}. Returned {describe(mask)}; expected a bool tensor of shape {shape} (a float mask means "
         "something else to scaled_dot_product_attention: it is added to the scores)."
     )
 
@@ -805,14 +795,14 @@ def test_self_attention_dropout_drops_whole_attention_weights(impl):
     kept = torch.isclose(blocks, expected / (1 - p), rtol=1e-9, atol=0)
     dropped = blocks == 0
     assert bool((kept | dropped).all()), (
-        f"Called {call}. Some outputs are neither 0 nor x / (1 - p) = x / {1 - p}: e.g. {_describe(got[0, 0])} for "
-        f"x = {_describe(x[0, 0])}.\nBecause inverted dropout zeroes an attention weight with probability {p} and "
+        f"Called {call}. Some outputs are neither 0 nor x / (1 - p) = x / {1 - p}: e.g. {describe(got[0, 0])} for "
+        f"x = {describe(x[0, 0])}.\nBecause inverted dropout zeroes an attention weight with probability {p} and "
         f"scales the kept ones by 1 / (1 - {p}); nn.Dropout({p}) does exactly that."
     )
     whole = dropped.all(dim=-1) | kept.all(dim=-1)
     assert bool(whole.all()), (
-        f"Called {call}. Single features of a head's output were zeroed: {_describe(got[0, 0])} for x = "
-        f"{_describe(x[0, 0])}.\nBecause dropout acts on the attention weights (B, H, T, T): dropping a weight removes "
+        f"Called {call}. Single features of a head's output were zeroed: {describe(got[0, 0])} for x = "
+        f"{describe(x[0, 0])}.\nBecause dropout acts on the attention weights (B, H, T, T): dropping a weight removes "
         "a whole key from a head, all of its head_dim features at once, not single features of the output."
     )
     rate = dropped.all(dim=-1).float().mean().item()
@@ -831,7 +821,7 @@ def test_self_attention_runs_where_its_parameters_live(impl):
         out = attention(*args)
         assert out.device == x.device and tuple(out.shape) == (2, 3, 4), (
             f"Called SelfAttention(4, 2, causal=True) moved to meta, on x of shape (2, 3, 4) on meta"
-            f"{' with a key_padding_mask' if len(args) == 2 else ''}. Returned {_describe(out)} on {out.device}; "
+            f"{' with a key_padding_mask' if len(args) == 2 else ''}. Returned {describe(out)} on {out.device}; "
             "expected (2, 3, 4) on meta: build the causal mask on x's device (causal_mask(T, device=x.device))."
         )
 
@@ -981,7 +971,7 @@ def test_positional_encoding_table_is_a_buffer(impl):
     moved = module.to("meta")
     out = moved(torch.empty(2, 4, 6, device="meta"))
     assert out.device.type == "meta" and tuple(out.shape) == (2, 4, 6), (
-        f"Called {call}.to('meta')(x of shape (2, 4, 6) on meta). Returned {_describe(out)} on {out.device}; the "
+        f"Called {call}.to('meta')(x of shape (2, 4, 6) on meta). Returned {describe(out)} on {out.device}; the "
         "table must move with the module."
     )
 
@@ -1025,8 +1015,8 @@ def test_transformer_block_structure_and_defaults(impl):
     for name in ("norm1", "norm2"):
         norm = _layer_norm_named(block, name, E)
         assert norm.eps == 1e-5 and bool((norm.weight == 1).all()) and bool((norm.bias == 0).all()), (
-            f"Called {call}. {name} has eps {norm.eps}, weight {_describe(norm.weight)} and bias "
-            f"{_describe(norm.bias)}; nn.LayerNorm's defaults are eps 1e-5, gains 1 and biases 0 (those of "
+            f"Called {call}. {name} has eps {norm.eps}, weight {describe(norm.weight)} and bias "
+            f"{describe(norm.bias)}; nn.LayerNorm's defaults are eps 1e-5, gains 1 and biases 0 (those of "
             "nn.TransformerEncoderLayer)."
         )
     dropouts = {"dropout": block.dropout, "attention.dropout": getattr(block.attention, "dropout", None)}
@@ -1155,7 +1145,7 @@ def test_transformer_block_drops_sub_layer_outputs(impl, norm_first, branch):
     b, t = divmod(int(distance.values.argmax()), x.shape[1])
     assert miss < 1e-9, (
         f"Called {call}, with the {'feed-forward' if branch == 'attention' else 'attention'} sub-layer silenced. "
-        f"Output token ({b}, {t}) is {_describe(got[b, t])}: no dropout of the {branch} sub-layer's output explains "
+        f"Output token ({b}, {t}) is {describe(got[b, t])}: no dropout of the {branch} sub-layer's output explains "
         f"it (the closest pattern misses by {miss:.3g}).\nBecause self.dropout acts on each sub-layer's output alone, "
         f"before the residual sum: {where}, zeroing features with probability {p} and scaling the others by "
         f"1 / (1 - {p})."

@@ -125,8 +125,8 @@ class MiniGPT(nn.Module):
     ``forward(idx)``: idx (B, T) integer token ids -> logits (B, T, V), where logits[:, t] predicts token
     t + 1 from tokens 0..t only. Raise ``ValueError`` (with the offending value in the message) when idx is
     not 2-D, when T > max_len ("crop the context first"), or when an id is < 0 or >= vocab_size (rather than
-    letting ``nn.Embedding`` fail with an opaque IndexError). Raise ``ValueError`` in ``__init__`` when
-    ``embed_dim`` is not divisible by ``num_heads``.
+    letting ``nn.Embedding`` fail with an opaque IndexError). Raise ``ValueError`` in ``__init__``, naming both
+    numbers, when ``embed_dim`` is not divisible by ``num_heads``.
 
     Example::
 
@@ -179,9 +179,10 @@ def get_batch(
     exactly at ``data[-1]``: ``torch.randint(N - block_size, (batch_size,), generator=generator)`` reaches it
     (randint's upper bound is exclusive); ``N - block_size - 1`` would never draw it.
 
-    Every random draw comes from ``generator`` (never the global RNG), so the same seed gives the same batch.
-    Raise ``ValueError`` naming the numbers when ``block_size`` or ``batch_size`` is < 1 or when
-    N < block_size + 1.
+    Every random draw comes from ``generator`` (never the global RNG), so the same seed gives the same batch;
+    with ``generator=None`` the draws come from torch's global RNG (``torch.manual_seed`` controls them).
+    ``data`` is not modified. Raise ``ValueError`` naming the numbers when ``block_size`` or ``batch_size`` is
+    < 1 or when N < block_size + 1, and naming the shape when ``data`` is not 1-D.
 
     Example::
 
@@ -209,7 +210,8 @@ def configure_optimizer(
     (``model.named_parameters()`` yields a tied Parameter once).
 
     Returns ``torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)``. GPT training uses betas (0.9, 0.95).
+    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)`` (the order of the two groups does not
+    matter). GPT training uses betas (0.9, 0.95). The model's parameters are left as they are.
 
     Example::
 
@@ -244,7 +246,8 @@ def generate(
        model; keep the logits of the last position, (B, V);
     2. choose the next token of every row: ``temperature == 0`` means greedy (argmax; never divide by 0);
        otherwise divide the logits by ``temperature``, then apply top-k, then top-p, then
-       ``torch.multinomial(softmax(logits), 1, generator=generator)``;
+       ``torch.multinomial(softmax(logits), 1, generator=generator)`` (with ``generator=None``, torch's global
+       RNG; a given generator is the only source of randomness, the global RNG is left untouched);
     3. append it: ``idx = torch.cat([idx, next_token], dim=1)``.
 
     - top-k keeps the ``top_k`` largest logits of each row (all of them when ``top_k >= V``) and sets the
@@ -257,7 +260,9 @@ def generate(
     Run under ``torch.no_grad()`` and in eval mode (no dropout), and put the model back in the mode you found
     it in (``was_training = model.training`` ... ``model.train(was_training)``), even on error.
     With ``return_logits=True`` return ``(idx, logits)`` where logits (B, max_new_tokens, V) holds the raw
-    last-position logits of each step (before temperature), for checking.
+    last-position logits of each step (before temperature), for checking; with ``max_new_tokens=0`` it is an
+    empty (B, 0, 0) tensor (``torch.stack`` of no steps fails: handle that case). ``idx`` itself is never
+    modified in place.
 
     The seed's ``generate`` had three bugs, all fixed here:
 
@@ -365,10 +370,10 @@ def generate_cached(
       ``x = x + attn.resid_drop(attn.proj(y))``, then ``x = x + mlp(ln2(x))``;
     - finally ``head(ln_f(x))``.
 
-    Then decode: create a cache (B rows, ``model.max_len`` positions, the model's dtype), run the prompt's last
-    ``max_len`` tokens once (the prefill) and take the last logits; each step samples exactly as ``generate``
-    does (reuse its sampling code: with the same generator seed both return the same tokens), appends the
-    token and runs only that token through the cached forward.
+    Then decode: create a cache (B rows, ``model.max_len`` positions, the model's dtype, on ``idx``'s device),
+    run the prompt's last ``max_len`` tokens once (the prefill) and take the last logits; each step samples
+    exactly as ``generate`` does (reuse its sampling code: with the same generator seed both return the same
+    tokens), appends the token and runs only that token through the cached forward.
 
     When the cache is full (``len(cache) == max_len``), ``generate`` would now see the *last* max_len tokens
     at positions 0..max_len-1, so every cached key is stale: ``reset()`` the cache and prefill it again with
@@ -444,7 +449,8 @@ def train_mini_gpt(
     the first three have one float per step (the loss of the step's batch, the lr used, the norm before
     clipping); ``val_step`` holds the 1-based step counts at which ``val_loss`` was recorded.
 
-    Raise ``ValueError`` (naming the value) when ``steps < 1`` or ``block_size > model.max_len``.
+    Raise ``ValueError`` (naming the value) when ``steps < 1``, ``block_size > model.max_len``, or ``val_data``
+    holds fewer than block_size + 1 tokens (not a single window). ``data`` and ``val_data`` are not modified.
 
     Example::
 

@@ -77,10 +77,6 @@ class MiniGPT(nn.Module):
         tie_weights: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("num_heads", num_heads),
-                            ("num_layers", num_layers), ("ff_dim", ff_dim), ("max_len", max_len)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be at least 1")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         self.vocab_size, self.embed_dim, self.num_heads = vocab_size, embed_dim, num_heads
@@ -97,24 +93,22 @@ class MiniGPT(nn.Module):
         self.apply(self._init_weights)
         for block in self.blocks:
             # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2L).
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * num_layers))
-            nn.init.normal_(block.mlp[2].weight, mean=0.0, std=0.02 / math.sqrt(2 * num_layers))
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * num_layers))
+            nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * num_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         # N(0, 0.02) keeps the first logits small, so the initial loss is close to ln(vocab_size).
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, std=0.02)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time); got shape {tuple(idx.shape)}")
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
-            raise ValueError(f"idx must hold integer token ids; got dtype {idx.dtype}")
         B, T = idx.shape
         if T > self.max_len:
             raise ValueError(f"sequence length {T} is longer than max_len={self.max_len}; crop the context first")
@@ -123,8 +117,8 @@ class MiniGPT(nn.Module):
             if low < 0 or high >= self.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(f"token id {bad} is out of range for vocab_size={self.vocab_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, E) + (T, E) broadcasts over B
+        # The first T rows of the position table are pos_emb(arange(T)); (B, T, E) + (T, E) broadcasts over B.
+        x = self.drop(self.tok_emb(idx) + self.pos_emb.weight[:T])
         for block in self.blocks:
             x = block(x)  # (B, T, E)
         return self.head(self.ln_f(x))  # (B, T, V)
@@ -180,8 +174,7 @@ def configure_optimizer(
 
 def _check_sampling_args(idx, max_new_tokens, temperature, top_k, top_p) -> None:
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] < 1:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be a (batch, time) tensor with at least one token; got {shape}")
+        raise ValueError(f"idx must be a (batch, time) tensor of at least one token; got {getattr(idx, 'shape', idx)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if temperature < 0:
@@ -193,23 +186,21 @@ def _check_sampling_args(idx, max_new_tokens, temperature, top_k, top_p) -> None
 
 
 def _sample_next(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) token ids."""
+    """(B, V) logits -> (B, 1) token ids. Dimension 1 is the vocabulary."""
     if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)  # the greedy limit, without dividing by zero
+        return logits.argmax(1, keepdim=True)  # the greedy limit, without dividing by zero
     logits = logits / temperature
     if top_k is not None:
-        k = min(top_k, logits.size(-1))
-        kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        kth = torch.topk(logits, min(top_k, logits.shape[1])).values[:, -1:]  # (B, 1): the k-th largest logit
+        logits = logits.masked_fill(logits < kth, -math.inf)
     if top_p is not None:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens strictly ahead of each one
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(1)
+        mass_before = probs.cumsum(1) - probs  # probability of the tokens strictly ahead of each one
         remove_sorted = mass_before >= top_p  # keeps the smallest prefix whose mass reaches top_p
-        remove = remove_sorted.scatter(-1, order, remove_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(remove, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)  # (B, 1), one draw per row
+        remove = remove_sorted.scatter(1, order, remove_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(remove, -math.inf)
+    return torch.multinomial(logits.softmax(1), 1, generator=generator)  # (B, 1), one draw per row
 
 
 def generate(
@@ -301,11 +292,9 @@ def _forward_cached(model: MiniGPT, idx: torch.Tensor, cache: KVCache) -> torch.
     B, T = idx.shape
     start = len(cache)
     # New tokens sit at absolute positions start .. start + T - 1, not 0 .. T - 1.
-    pos = torch.arange(start, start + T, device=idx.device)
-    x = model.drop(model.tok_emb(idx) + model.pos_emb(pos))  # (B, T, E)
-    # Query i (absolute start + i) may see every cached key and the new keys up to itself. A single new
-    # token sees everything, so decoding steps skip the mask (the fast path of SDPA).
-    mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+    x = model.drop(model.tok_emb(idx) + model.pos_emb.weight[start:start + T])  # (B, T, E)
+    # Query i (absolute start + i) may see every cached key and the new keys up to itself (True = attend).
+    mask = idx.new_ones(T, start + T, dtype=torch.bool).tril(diagonal=start)
     for layer, block in enumerate(model.blocks):
         attn = block.attn
         E, nh = x.shape[-1], attn.num_heads
@@ -335,26 +324,23 @@ def generate_cached(
     try:
         with torch.no_grad():  # sampling never needs gradients
             steps = []
-            if max_new_tokens > 0:
-                attn = model.blocks[0].attn
-                cache = KVCache(
-                    model.num_layers, idx.shape[0], attn.num_heads, model.embed_dim // attn.num_heads, model.max_len,
-                    dtype=model.tok_emb.weight.dtype, device=idx.device,
-                )
-                logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]  # prefill: (B, V)
-                for step in range(max_new_tokens):
-                    steps.append(logits)
-                    next_token = _sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
-                    idx = torch.cat([idx, next_token], dim=1)
-                    if step == max_new_tokens - 1:
-                        break
-                    if len(cache) == model.max_len:
-                        # Full: generate() now sees the last max_len tokens at positions 0..max_len-1, so every
-                        # key changes. Re-prefill that window to stay exact; the cache never grows past max_len.
-                        cache.reset()
-                        logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]
-                    else:
-                        logits = _forward_cached(model, next_token, cache)[:, -1, :]  # one new token: O(T) work
+            attn = model.blocks[0].attn
+            cache = KVCache(
+                model.num_layers, idx.shape[0], attn.num_heads, model.embed_dim // attn.num_heads, model.max_len,
+                dtype=model.tok_emb.weight.dtype, device=idx.device,
+            )
+            logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]  # prefill: (B, V)
+            for _ in range(max_new_tokens):
+                steps.append(logits)
+                next_token = _sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                idx = torch.cat([idx, next_token], dim=1)
+                if len(cache) == model.max_len:
+                    # Full: generate() now sees the last max_len tokens at positions 0..max_len-1, so every
+                    # key changes. Re-prefill that window to stay exact; the cache never grows past max_len.
+                    cache.reset()
+                    logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]
+                else:
+                    logits = _forward_cached(model, next_token, cache)[:, -1, :]  # one new token: O(T) work
     finally:
         model.train(was_training)
     if return_logits:
@@ -380,11 +366,10 @@ def _evaluate(model: nn.Module, data: torch.Tensor, block_size: int) -> float:
     was_training = model.training
     model.eval()  # dropout off: the validation loss must not be noisy
     try:
-        device = next(model.parameters()).device
         starts = torch.arange(0, data.numel() - block_size, block_size)
         offsets = torch.arange(block_size)
-        x = data[starts[:, None] + offsets].long().to(device)
-        y = data[starts[:, None] + offsets + 1].long().to(device)
+        x = data[starts[:, None] + offsets].long()  # data already lives on the model's device
+        y = data[starts[:, None] + offsets + 1].long()
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)).item()
     finally:
@@ -411,16 +396,15 @@ def train_mini_gpt(
         raise ValueError(f"steps={steps} must be at least 1")
     if block_size > model.max_len:
         raise ValueError(f"block_size={block_size} is longer than the model's max_len={model.max_len}")
-    data = torch.as_tensor(data)
-    if val_data is not None:
-        val_data = torch.as_tensor(val_data)
-        if val_data.numel() < block_size + 1:
-            raise ValueError(f"val_data has {val_data.numel()} tokens; it needs block_size + 1 = {block_size + 1}")
+    # Both token streams move to the model's device once; batches and validation windows are sliced there.
+    device = next(model.parameters()).device
+    data, val_data = (None if d is None else torch.as_tensor(d).to(device) for d in (data, val_data))
+    if val_data is not None and val_data.numel() < block_size + 1:
+        raise ValueError(f"val_data has {val_data.numel()} tokens; it needs block_size + 1 = {block_size + 1}")
     min_lr = lr / 10 if min_lr is None else min_lr
     warmup_steps = max(1, steps // 10) if warmup_steps is None else warmup_steps
     eval_interval = steps if eval_interval is None else eval_interval
     generator = torch.Generator().manual_seed(0) if generator is None else generator
-    device = next(model.parameters()).device
     optimizer = configure_optimizer(model, lr, weight_decay)
     history: dict[str, list] = {"train_loss": [], "lr": [], "grad_norm": [], "val_loss": [], "val_step": []}
     model.train()
@@ -429,10 +413,9 @@ def train_mini_gpt(
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         x, y = get_batch(data, block_size, batch_size, generator)  # one draw per step, in order
-        x, y = x.to(device), y.to(device)
         logits = model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)  # gradients must not accumulate across steps
+        optimizer.zero_grad()  # gradients must not accumulate across steps
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # before step, or it is moot
         optimizer.step()
