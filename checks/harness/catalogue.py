@@ -33,6 +33,7 @@ import ast
 import functools
 import importlib
 import importlib.util
+import linecache
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -181,8 +182,13 @@ def mutated_reference(kata: str, symbol: str, replace: tuple[tuple[str, str], ..
     name = f"{original.__name__}__mutant_{symbol}_{abs(hash(replace)):x}"
     spec = importlib.util.spec_from_loader(name, loader=None, origin=original.__file__)
     module = importlib.util.module_from_spec(spec)
-    module.__file__ = original.__file__  # tracebacks and "code under test" point at the reference file
+    module.__file__ = original.__file__
     module.__package__ = original.__package__
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    exec(compile(source[:start] + segment + source[end:], original.__file__, "exec"), module.__dict__)  # noqa: S102
+    mutated = source[:start] + segment + source[end:]
+    # Tracebacks and inspect.getsource show the mutated lines; the name still lies in the reference's folder,
+    # so verify counts an exception raised there as one raised by the code under test.
+    filename = f"{original.__file__}<{name}>"
+    linecache.cache[filename] = (len(mutated), None, mutated.splitlines(keepends=True), filename)
+    exec(compile(mutated, filename, "exec"), module.__dict__)  # noqa: S102
     return module

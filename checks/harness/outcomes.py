@@ -1,6 +1,6 @@
 """Classifying a check's result into what a learner cares about, and summing it up per exercise.
 
-A check is *todo* when the code under test raised ``NotImplementedError`` (an untouched stub), *failed*
+A check is *todo* when the code under test raised a stub's ``NotImplementedError`` (an untouched stub), *failed*
 for any other error or a wrong answer, *passed*, or *skipped* (missing CUDA, missing optional data).
 An exercise is passed when every check that ran passed, todo while its checks only hit stubs, and
 failing as soon as one check fails for another reason; when every check was skipped (no CUDA, say),
@@ -18,11 +18,18 @@ TODO, FAILED, PASSED, SKIPPED = "todo", "failed", "passed", "skipped"
 CRASHED = "crashed"
 
 
+STUB_MESSAGE = "is not implemented yet"  # in every stub's `raise NotImplementedError(...)` (see stubs.py)
+
+
 def is_not_implemented(exc: BaseException) -> bool:
-    """True for ``NotImplementedError``, and for exception groups made only of them."""
+    """True for a stub's own ``NotImplementedError``, and for exception groups made only of them.
+
+    Only the stub's message counts: PyTorch raises ``NotImplementedError`` too (an operation the ``meta``
+    device cannot run, say), and a learner who sees that must be told what failed, not "todo".
+    """
     if isinstance(exc, BaseExceptionGroup):
         return all(is_not_implemented(e) for e in exc.exceptions)
-    return isinstance(exc, NotImplementedError)
+    return isinstance(exc, NotImplementedError) and STUB_MESSAGE in str(exc)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from .outcomes import STUB_MESSAGE
 from .registry import Exercise
 
 
@@ -22,7 +23,7 @@ def stub_body(exercise_id: str) -> list[str]:
     """The lines of a stub body (without indentation)."""
     return [
         f"# TODO({exercise_id}): write your implementation here.",
-        f'raise NotImplementedError("{exercise_id} is not implemented yet (try `kata hint {exercise_id}`)")',
+        f'raise NotImplementedError("{exercise_id} {STUB_MESSAGE} (try `kata hint {exercise_id}`)")',
     ]
 
 

@@ -64,3 +64,15 @@ def test_api_differences_catch_changed_signatures_and_missing_names():
     assert "area differs" in problems
     assert "helper is in the reference but not in the stubs" in problems
     assert api_differences(SOLVED, STUB) == []
+
+
+def test_only_a_stubs_own_not_implemented_error_is_todo():
+    from checks.harness.outcomes import is_not_implemented
+    from checks.harness.stubs import stub_body
+
+    message = stub_body("w01_numpy.softmax")[1].split('"')[1]
+    assert is_not_implemented(NotImplementedError(message))
+    assert is_not_implemented(ExceptionGroup("both", [NotImplementedError(message), NotImplementedError(message)]))
+    # PyTorch's own, e.g. an operation the meta device cannot run: a failure the learner must see
+    assert not is_not_implemented(NotImplementedError("Could not run 'aten::_local_scalar_dense' with 'Meta'"))
+    assert not is_not_implemented(ExceptionGroup("mixed", [NotImplementedError(message), ValueError("x")]))
