@@ -97,7 +97,10 @@ def likely_cause(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # wrong code warns (overflow, ...) by design
                 candidate = run(entry.implementation())
-                same = matches(candidate) if matches is not None else error_report(actual, candidate, rtol, atol) is None
+                if matches is not None:
+                    same = matches(candidate)
+                else:
+                    same = error_report(actual, candidate, rtol, atol) is None
         except Exception:  # noqa: BLE001 - a mistake that crashes on this input simply does not match
             continue
         if same:
