@@ -729,6 +729,10 @@ def _mlp_problems(draw):
     y = rng.integers(0, c, size=n)
     # Central differences across the ReLU kink are meaningless: keep every pre-activation away from 0.
     assume(np.min(np.abs(x @ params["W1"] + params["b1"])) > 1e-3)
+    # Central differences resolve an entry only to about 1e-11 (the loss's rounding / eps), so an entry near
+    # 1e-7 would fail the 1e-6 relative test even for a correct gradient: keep every nonzero entry above 1e-4.
+    grads = _oracle_mlp_grads(params, x, y)
+    assume(all(np.all((g == 0) | (np.abs(g) > 1e-4)) for g in grads.values()))
     return params, x, y
 
 
