@@ -731,6 +731,22 @@ def to_device_in_place(obj, device):
     return obj
 
 
+@mistake("to_device", "rebuilds dicts and tuples but assigns the moved items back into the caller's lists")
+def to_device_mutates_lists_only(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device_mutates_lists_only(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            obj[i] = to_device_mutates_lists_only(v, device)
+        return obj
+    if isinstance(obj, tuple):
+        items = [to_device_mutates_lists_only(v, device) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj
+
+
 @mistake("to_device", "returns the structure unchanged: tensors are never moved")
 def to_device_never_moves(obj, device):
     return obj

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -1169,6 +1169,10 @@ def test_to_device_moves_every_tensor(impl, obj):
 
 @pytest.mark.exercise("to_device")
 @given(nested)
+# Explicit cases: a list holding a tensor (a dict rebuilt but a list assigned into is still a mutation),
+# and a list nested in a namedtuple nested in a dict, so no random draw is needed to reach them.
+@example([torch.ones(2), [torch.zeros(1), "tag"]])
+@example({"a": torch.ones(1), "b": Pair(torch.ones(1), [torch.ones(1)])})
 def test_to_device_does_not_modify_its_input(impl, obj):
     before = _snapshot(obj)
     impl.to_device(obj, torch.device("meta"))
@@ -1187,9 +1191,15 @@ def test_to_device_example_batch(impl):
         "meta": Pair("id7", torch.ones(2)),
         "extra": (tag, None, [torch.zeros(1), 2.5]),
     }
+    before = _snapshot(batch)
     out = impl.to_device(batch, "meta")
     _assert_moved(out, batch, torch.device("meta"), "batch")
     assert out["meta"].first == "id7" and out["extra"][0] is tag, "to_device must keep field values and objects."
+    assert _snapshot(batch) == before, (
+        "Called to_device(batch, 'meta') on the docstring's example batch. Afterwards the batch itself had "
+        "changed (a tensor in one of its lists or dicts was replaced by the moved one), expected it untouched, "
+        "because to_device builds new containers instead of assigning into the caller's."
+    )
 
 
 @pytest.mark.exercise("to_device")
