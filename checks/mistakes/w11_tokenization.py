@@ -29,6 +29,14 @@ class TokenizerLowercaseAfterPlaceholders(AdvancedTokenizer):
         return text.lower()
 
 
+@mistake("AdvancedTokenizer", "looks the id of <UNK> up in word_to_idx, so encode raises KeyError before build_vocab "
+                              "(the id is fixed: 1)")
+class TokenizerUnkLookedUp(AdvancedTokenizer):
+    def encode(self, text):
+        unk = self.word_to_idx["<UNK>"]
+        return [self.word_to_idx.get(word, unk) for word in self.preprocess_text(text).split()]
+
+
 @mistake("AdvancedTokenizer", "takes Counter.most_common, which breaks ties by first appearance, so the vocabulary "
                               "depends on the order of the texts")
 class TokenizerFirstSeenTieBreak(AdvancedTokenizer):
@@ -417,6 +425,18 @@ class NGramRefitAccumulates(NGramLM):
             self.counts[(context, word)] += 1
             self.context_counts[context] += 1
         return self
+
+
+@mistake("NGramLM", "reads an unknown WORD as <unk> but leaves unknown CONTEXT tokens as they are, so such a context "
+                    "is never seen, even when the training text holds '<unk>'")
+class NGramContextTokensNotUnk(NGramLM):
+    def prob(self, word, context=()):
+        if not self.vocab:
+            raise ValueError("the model is not fitted: call fit(tokens) first")
+        h = list(context)[-(self.n - 1):] if self.n > 1 else []
+        h = (self.BOS,) * (self.n - 1 - len(h)) + tuple(h)
+        word = word if word in self.vocab else self.UNK
+        return (self.counts[(h, word)] + self.k) / (self.context_counts[h] + self.k * len(self.vocab))
 
 
 @mistake("NGramLM", "keeps the FIRST n - 1 tokens of a long context (context[:n - 1]) instead of the last ones")

@@ -290,6 +290,21 @@ def test_unknown_words_and_ids(impl):
 
 
 @pytest.mark.exercise("AdvancedTokenizer")
+def test_encode_and_decode_before_build_vocab(impl):
+    tok = impl.AdvancedTokenizer(10)
+    got = tok.encode("Hello world")
+    assert got == [1, 1], (
+        f"Called AdvancedTokenizer(10).encode('Hello world') before any build_vocab. Returned {got}, expected [1, 1], "
+        "because the vocabulary is still empty and an unknown word gets the fixed id of <UNK>, 1."
+    )
+    got = tok.decode([1, 8])
+    assert got == "<UNK> <UNK>", (
+        f"Called AdvancedTokenizer(10).decode([1, 8]) before any build_vocab. Returned {got!r}, expected "
+        "'<UNK> <UNK>', because an id that is not in the (empty) vocabulary decodes to <UNK>."
+    )
+
+
+@pytest.mark.exercise("AdvancedTokenizer")
 def test_default_vocab_size_is_10000(impl):
     tok = impl.AdvancedTokenizer()
     tok.build_vocab([" ".join(f"w{i}" for i in range(10_001))])
@@ -930,6 +945,25 @@ def test_ngram_unseen_context_is_uniform_not_zero(impl):
     got = lm.perplexity("a b a b".split())
     assert got == pytest.approx((0.4 * 3 / 7 * 0.5 * 3 / 7) ** -0.25, rel=1e-12), (
         f"perplexity('a b a b'.split()) is {got}, expected (0.4 * 3/7 * 0.5 * 3/7) ** (-1/4) (the docstring's example)."
+    )
+
+
+@pytest.mark.exercise("NGramLM")
+def test_ngram_unknown_context_tokens_read_as_unk(impl):
+    tokens = "a <unk> b a <unk> b c".split()  # V = {a, b, c, <unk>}; '<unk>' is followed by 'b' twice
+    for n, context, expected in [(2, ["zebra"], 3 / 6), (3, ["a", "zebra"], 3 / 6), (2, ["c", "zebra"], 3 / 6)]:
+        got = impl.NGramLM(n).fit(tokens).prob("b", context)
+        assert got == pytest.approx(expected, rel=1e-12), (
+            f"Called NGramLM({n}).fit({tokens}).prob('b', {context}). Returned {got}, expected {expected}, because a "
+            "context token outside V ('zebra') is read as '<unk>', and the context ending in '<unk>' was followed "
+            "by 'b' in both of its 2 occurrences: (2 + 1) / (2 + 4)."
+        )
+    got = impl.NGramLM(2).fit(tokens).perplexity(["zebra", "b"])
+    expected = (1 / 5 * 3 / 6) ** -0.5
+    assert got == pytest.approx(expected, rel=1e-12), (
+        f"Called NGramLM(2).fit({tokens}).perplexity(['zebra', 'b']). Returned {got}, expected {expected} = "
+        "(P(<unk> | <s>) * P(b | <unk>)) ** (-1/2) = (1/5 * 3/6) ** (-1/2), because the unknown 'zebra' is read as "
+        "'<unk>' both as a word and as the context of 'b'."
     )
 
 
