@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import example, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -1073,7 +1073,9 @@ def test_sample_reads_the_prompt_once_then_feeds_one_character_per_step(impl, se
 
 
 @pytest.mark.exercise("sample")
-@settings(max_examples=10)
+# No shrinking: each example samples from an LSTM, and shrinking two failures at once (a sampler that
+# reseeds the global RNG fails both ways) outlasts the time limit before the message can be shown.
+@settings(max_examples=10, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(seed=seeds, temperature=st.sampled_from([0.7, 1.0, 1.5]), top_k=st.sampled_from([None, 3]))
 def test_the_same_seed_gives_the_same_text(impl, seed, temperature, top_k):
     vocab = _Vocab(CHARS)
