@@ -726,3 +726,9 @@ class TransformerBlockSublayerHelper(TransformerBlock):
     def forward(self, x, key_padding_mask=None):
         x = self._residual(x, self.norm1, lambda y: self.attention(y, key_padding_mask=key_padding_mask))
         return self._residual(x, self.norm2, self.feed_forward)
+
+
+@mutant("scaled_dot_product_attention",
+        "`if not scale` treats an explicit scale=0.0 as the default 1/sqrt(E) (0 should give uniform weights)",
+        replace={"if scale is None:\n": "if not scale:\n"})
+def sdpa_scale_zero_taken_as_default(): ...

@@ -987,3 +987,13 @@ def train_with_lambda_lr(
             history["val_step"].append(step + 1)
     model.train()
     return history
+
+
+@mutant(
+    "train_mini_gpt",
+    "ignores the weight_decay argument: the optimizer always decays with the default 0.1",
+    replace={
+        "optimizer = configure_optimizer(model, lr, weight_decay)": "optimizer = configure_optimizer(model, lr, 0.1)"
+    },
+)
+def train_ignores_weight_decay(): ...

@@ -200,7 +200,7 @@ def sdpa_cases(draw):
     elif kind == "causal":
         kwargs["is_causal"] = True
     if draw(st.booleans()):
-        kwargs["scale"] = draw(st.sampled_from([0.3, 1.0, 2.5]))
+        kwargs["scale"] = draw(st.sampled_from([0.0, 0.3, 1.0, 2.5]))
     return kwargs, kind
 
 
