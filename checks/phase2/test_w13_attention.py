@@ -221,6 +221,10 @@ def _torch_sdpa(kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     options = {name: kwargs[name] for name in ("attn_mask", "is_causal", "scale") if name in kwargs}
     if "attn_mask" in options and options["attn_mask"].is_floating_point():
         options["attn_mask"] = options["attn_mask"].to(DT)
+    if options.get("scale") == 0.0:
+        # torch multiplies the masked scores by the scale, and -inf * 0 is nan; zero queries with scale 1
+        # give the same all-zero scores, so the same (uniform over the allowed keys) attention.
+        q, options["scale"] = torch.zeros_like(q), 1.0
     out = F.scaled_dot_product_attention(q, k, v, **options)
     eye = torch.eye(k.shape[-2], dtype=DT).expand(*k.shape[:-1], k.shape[-2])
     weights = F.scaled_dot_product_attention(q, k, eye, **options)
