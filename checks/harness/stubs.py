@@ -5,7 +5,9 @@ A stub keeps its signature and docstring; its body is exactly::
     # TODO(w01_numpy.softmax): write your implementation here.
     raise NotImplementedError("w01_numpy.softmax is not implemented yet (try `kata hint w01_numpy.softmax`)")
 
-For a class exercise, every method of the class has that body. Because the form is fixed,
+The message names the stub itself, so a learner who calls it from elsewhere knows which one to write:
+another function of the same exercise says ``w01_numpy.logsumexp is not implemented yet (part of
+w01_numpy.log_softmax: try ...)``, and each method of a class exercise names ``Class.method``. Because the form is fixed,
 ``kata reset`` can restore one exercise by rewriting only its bodies, and ``kata verify`` can prove
 that every stub is untouched and that stubs and reference expose the same API, all with ``ast``.
 """
@@ -19,12 +21,21 @@ from .outcomes import STUB_MESSAGE
 from .registry import Exercise
 
 
-def stub_body(exercise_id: str) -> list[str]:
-    """The lines of a stub body (without indentation)."""
+def stub_body(exercise: Exercise, symbol: str | None = None, method: str | None = None) -> list[str]:
+    """The lines (without indentation) of the stub body of ``symbol`` (default: the exercise's main one),
+    or of its ``method`` when the symbol is a class."""
+    symbol = symbol or exercise.name
+    what = f"{exercise.kata}.{symbol}" + (f".{method}" if method else "")
+    hint = f"try `kata hint {exercise.id}`"
+    where = hint if symbol == exercise.name else f"part of {exercise.id}: {hint}"
     return [
-        f"# TODO({exercise_id}): write your implementation here.",
-        f'raise NotImplementedError("{exercise_id} {STUB_MESSAGE} (try `kata hint {exercise_id}`)")',
+        f"# TODO({exercise.id}): write your implementation here.",
+        f'raise NotImplementedError("{what} {STUB_MESSAGE} ({where})")',
     ]
+
+
+def _stub_of(exercise: Exercise, node: ast.stmt, func: ast.stmt) -> list[str]:
+    return stub_body(exercise, node.name, None if func is node else func.name)
 
 
 Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -100,7 +111,6 @@ def stub_problems(source: str, exercise: Exercise) -> list[str]:
     """How the stubs of ``exercise`` in ``source`` differ from the canonical stub form."""
     tree = ast.parse(source)
     lines = source.splitlines()
-    expected = stub_body(exercise.id)
     problems = []
     for symbol in exercise.symbols:
         node = _find(tree, symbol)
@@ -113,7 +123,7 @@ def stub_problems(source: str, exercise: Exercise) -> list[str]:
         for func in functions:
             start, end = _body_lines(lines, func)
             body = [line.strip() for line in lines[start:end] if line.strip()]
-            if body != expected:
+            if body != _stub_of(exercise, node, func):
                 problems.append(f"{exercise.id}: {symbol}.{func.name} is not a canonical stub (line {func.lineno})")
     return problems
 
@@ -130,7 +140,7 @@ def reset_source(source: str, exercise: Exercise) -> str:
         for func in _functions(node):
             start, end = _body_lines([line.rstrip("\n") for line in lines], func)
             indent = " " * (func.col_offset + 4)
-            spans.append((start, end, [f"{indent}{line}\n" for line in stub_body(exercise.id)]))
+            spans.append((start, end, [f"{indent}{line}\n" for line in _stub_of(exercise, node, func)]))
     for start, end, replacement in sorted(spans, reverse=True):
         lines[start:end] = replacement
     return "".join(lines)

@@ -79,7 +79,7 @@ def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
         (2, 1)
     """
     # TODO(w01_numpy.log_softmax): write your implementation here.
-    raise NotImplementedError("w01_numpy.log_softmax is not implemented yet (try `kata hint w01_numpy.log_softmax`)")
+    raise NotImplementedError("w01_numpy.logsumexp is not implemented yet (part of w01_numpy.log_softmax: try `kata hint w01_numpy.log_softmax`)")
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -247,7 +247,7 @@ def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         (N, H) outputs.
     """
     # TODO(w01_numpy.mlp_loss_and_grads): write your implementation here.
-    raise NotImplementedError("w01_numpy.mlp_loss_and_grads is not implemented yet (try `kata hint w01_numpy.mlp_loss_and_grads`)")
+    raise NotImplementedError("w01_numpy.linear_forward is not implemented yet (part of w01_numpy.mlp_loss_and_grads: try `kata hint w01_numpy.mlp_loss_and_grads`)")
 
 
 def linear_backward(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,7 +268,7 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple[np.
         - Do not divide by N here: if the loss is a mean, its 1/N is already inside ``dout``.
     """
     # TODO(w01_numpy.mlp_loss_and_grads): write your implementation here.
-    raise NotImplementedError("w01_numpy.mlp_loss_and_grads is not implemented yet (try `kata hint w01_numpy.mlp_loss_and_grads`)")
+    raise NotImplementedError("w01_numpy.linear_backward is not implemented yet (part of w01_numpy.mlp_loss_and_grads: try `kata hint w01_numpy.mlp_loss_and_grads`)")
 
 
 def mlp_loss_and_grads(
@@ -354,25 +354,25 @@ class CharVocab:
 
     def __init__(self, chars: Sequence[str]) -> None:
         # TODO(w01_numpy.CharVocab): write your implementation here.
-        raise NotImplementedError("w01_numpy.CharVocab is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
+        raise NotImplementedError("w01_numpy.CharVocab.__init__ is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
 
     @classmethod
     def from_text(cls, text: str) -> CharVocab:
         """The vocabulary of ``text``: its distinct characters sorted by code point."""
         # TODO(w01_numpy.CharVocab): write your implementation here.
-        raise NotImplementedError("w01_numpy.CharVocab is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
+        raise NotImplementedError("w01_numpy.CharVocab.from_text is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
 
     def encode(self, text: str) -> np.ndarray:
         """int64 ids of the characters of ``text``; ``KeyError`` naming an unknown character."""
         # TODO(w01_numpy.CharVocab): write your implementation here.
-        raise NotImplementedError("w01_numpy.CharVocab is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
+        raise NotImplementedError("w01_numpy.CharVocab.encode is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ``ids``; ``KeyError`` naming an id outside ``0 .. len(self) - 1``."""
         # TODO(w01_numpy.CharVocab): write your implementation here.
-        raise NotImplementedError("w01_numpy.CharVocab is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
+        raise NotImplementedError("w01_numpy.CharVocab.decode is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
 
     def __len__(self) -> int:
         """The number of characters in the vocabulary."""
         # TODO(w01_numpy.CharVocab): write your implementation here.
-        raise NotImplementedError("w01_numpy.CharVocab is not implemented yet (try `kata hint w01_numpy.CharVocab`)")
+        raise NotImplementedError("w01_numpy.CharVocab.__len__ is not implemented yet (try `kata hint w01_numpy.CharVocab`)")

@@ -56,12 +56,12 @@ class SimpleNet(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, output_size: int) -> None:
         """Build ``layer1`` (input -> hidden), ``relu`` and ``layer2`` (hidden -> output)."""
         # TODO(w03_torch.SimpleNet): write your implementation here.
-        raise NotImplementedError("w03_torch.SimpleNet is not implemented yet (try `kata hint w03_torch.SimpleNet`)")
+        raise NotImplementedError("w03_torch.SimpleNet.__init__ is not implemented yet (try `kata hint w03_torch.SimpleNet`)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(*, input_size) -> (*, output_size)``: layer1, then ReLU, then layer2."""
         # TODO(w03_torch.SimpleNet): write your implementation here.
-        raise NotImplementedError("w03_torch.SimpleNet is not implemented yet (try `kata hint w03_torch.SimpleNet`)")
+        raise NotImplementedError("w03_torch.SimpleNet.forward is not implemented yet (try `kata hint w03_torch.SimpleNet`)")
 
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -131,7 +131,7 @@ def cross_entropy(
         tensor(0.7357)
     """
     # TODO(w03_torch.mse_loss): write your implementation here.
-    raise NotImplementedError("w03_torch.mse_loss is not implemented yet (try `kata hint w03_torch.mse_loss`)")
+    raise NotImplementedError("w03_torch.cross_entropy is not implemented yet (part of w03_torch.mse_loss: try `kata hint w03_torch.mse_loss`)")
 
 
 class LinearFunction(torch.autograd.Function):
@@ -175,13 +175,13 @@ class LinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ weight.T + bias``; save ``x`` and ``weight`` (and whether there is a bias) on ``ctx``."""
         # TODO(w03_torch.LinearFunction): write your implementation here.
-        raise NotImplementedError("w03_torch.LinearFunction is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
+        raise NotImplementedError("w03_torch.LinearFunction.forward is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``(dL/dx, dL/dweight, dL/dbias or None)`` from ``grad_output = dL/dy``."""
         # TODO(w03_torch.LinearFunction): write your implementation here.
-        raise NotImplementedError("w03_torch.LinearFunction is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
+        raise NotImplementedError("w03_torch.LinearFunction.backward is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
 
 
 class GELUFunction(torch.autograd.Function):
@@ -214,13 +214,13 @@ class GELUFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         """``0.5 * x * (1 + tanh(u(x)))``; save ``x`` on ``ctx`` for backward."""
         # TODO(w03_torch.LinearFunction): write your implementation here.
-        raise NotImplementedError("w03_torch.LinearFunction is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
+        raise NotImplementedError("w03_torch.GELUFunction.forward is not implemented yet (part of w03_torch.LinearFunction: try `kata hint w03_torch.LinearFunction`)")
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
         """``grad_output * gelu'(x)``."""
         # TODO(w03_torch.LinearFunction): write your implementation here.
-        raise NotImplementedError("w03_torch.LinearFunction is not implemented yet (try `kata hint w03_torch.LinearFunction`)")
+        raise NotImplementedError("w03_torch.GELUFunction.backward is not implemented yet (part of w03_torch.LinearFunction: try `kata hint w03_torch.LinearFunction`)")
 
 
 def train_step(

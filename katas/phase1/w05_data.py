@@ -125,17 +125,17 @@ class TextDataset(Dataset):
     def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
         """Store the pairs; ``ValueError`` when ``len(texts) != len(labels)``."""
         # TODO(w05_data.TextDataset): write your implementation here.
-        raise NotImplementedError("w05_data.TextDataset is not implemented yet (try `kata hint w05_data.TextDataset`)")
+        raise NotImplementedError("w05_data.TextDataset.__init__ is not implemented yet (try `kata hint w05_data.TextDataset`)")
 
     def __len__(self) -> int:
         """The number of (text, label) pairs."""
         # TODO(w05_data.TextDataset): write your implementation here.
-        raise NotImplementedError("w05_data.TextDataset is not implemented yet (try `kata hint w05_data.TextDataset`)")
+        raise NotImplementedError("w05_data.TextDataset.__len__ is not implemented yet (try `kata hint w05_data.TextDataset`)")
 
     def __getitem__(self, idx: int) -> tuple[str, int]:
         """``(texts[idx], labels[idx])``, by position."""
         # TODO(w05_data.TextDataset): write your implementation here.
-        raise NotImplementedError("w05_data.TextDataset is not implemented yet (try `kata hint w05_data.TextDataset`)")
+        raise NotImplementedError("w05_data.TextDataset.__getitem__ is not implemented yet (try `kata hint w05_data.TextDataset`)")
 
 
 class CharWindowDataset(Dataset):
@@ -167,17 +167,17 @@ class CharWindowDataset(Dataset):
     def __init__(self, ids: Sequence[int] | torch.Tensor, block_size: int) -> None:
         """Keep the ids as a 1-D long tensor; validate ``block_size``."""
         # TODO(w05_data.CharWindowDataset): write your implementation here.
-        raise NotImplementedError("w05_data.CharWindowDataset is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
+        raise NotImplementedError("w05_data.CharWindowDataset.__init__ is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
 
     def __len__(self) -> int:
         """The number of windows: ``len(ids) - block_size``."""
         # TODO(w05_data.CharWindowDataset): write your implementation here.
-        raise NotImplementedError("w05_data.CharWindowDataset is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
+        raise NotImplementedError("w05_data.CharWindowDataset.__len__ is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Window ``idx`` as ``(x, y)``, each of shape ``(block_size,)`` and dtype ``torch.long``."""
         # TODO(w05_data.CharWindowDataset): write your implementation here.
-        raise NotImplementedError("w05_data.CharWindowDataset is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
+        raise NotImplementedError("w05_data.CharWindowDataset.__getitem__ is not implemented yet (try `kata hint w05_data.CharWindowDataset`)")
 
 
 def pad_collate(

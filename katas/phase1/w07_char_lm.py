@@ -91,12 +91,12 @@ class AdvancedCharLM(nn.Module):
                  dropout: float = 0.2) -> None:
         """Create the four layers (see the class docstring); validate the arguments first."""
         # TODO(w07_char_lm.AdvancedCharLM): write your implementation here.
-        raise NotImplementedError("w07_char_lm.AdvancedCharLM is not implemented yet (try `kata hint w07_char_lm.AdvancedCharLM`)")
+        raise NotImplementedError("w07_char_lm.AdvancedCharLM.__init__ is not implemented yet (try `kata hint w07_char_lm.AdvancedCharLM`)")
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``(B, T)`` token ids and an optional ``(h, c)`` -> ``(B, T, V)`` logits and the new ``(h, c)``."""
         # TODO(w07_char_lm.AdvancedCharLM): write your implementation here.
-        raise NotImplementedError("w07_char_lm.AdvancedCharLM is not implemented yet (try `kata hint w07_char_lm.AdvancedCharLM`)")
+        raise NotImplementedError("w07_char_lm.AdvancedCharLM.forward is not implemented yet (try `kata hint w07_char_lm.AdvancedCharLM`)")
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,7 @@ def perplexity(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tens
         7.0
     """
     # TODO(w07_char_lm.lm_loss): write your implementation here.
-    raise NotImplementedError("w07_char_lm.lm_loss is not implemented yet (try `kata hint w07_char_lm.lm_loss`)")
+    raise NotImplementedError("w07_char_lm.perplexity is not implemented yet (part of w07_char_lm.lm_loss: try `kata hint w07_char_lm.lm_loss`)")
 
 
 def train_char_lm(model: nn.Module, train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],

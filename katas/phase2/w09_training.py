@@ -79,11 +79,11 @@ class LayerNorm(nn.Module):
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5) -> None:
         # TODO(w09_training.LayerNorm): write your implementation here.
-        raise NotImplementedError("w09_training.LayerNorm is not implemented yet (try `kata hint w09_training.LayerNorm`)")
+        raise NotImplementedError("w09_training.LayerNorm.__init__ is not implemented yet (try `kata hint w09_training.LayerNorm`)")
 
     def forward(self, x: Tensor) -> Tensor:
         # TODO(w09_training.LayerNorm): write your implementation here.
-        raise NotImplementedError("w09_training.LayerNorm is not implemented yet (try `kata hint w09_training.LayerNorm`)")
+        raise NotImplementedError("w09_training.LayerNorm.forward is not implemented yet (try `kata hint w09_training.LayerNorm`)")
 
 
 class BatchNorm1d(nn.Module):
@@ -134,11 +134,11 @@ class BatchNorm1d(nn.Module):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         # TODO(w09_training.BatchNorm1d): write your implementation here.
-        raise NotImplementedError("w09_training.BatchNorm1d is not implemented yet (try `kata hint w09_training.BatchNorm1d`)")
+        raise NotImplementedError("w09_training.BatchNorm1d.__init__ is not implemented yet (try `kata hint w09_training.BatchNorm1d`)")
 
     def forward(self, x: Tensor) -> Tensor:
         # TODO(w09_training.BatchNorm1d): write your implementation here.
-        raise NotImplementedError("w09_training.BatchNorm1d is not implemented yet (try `kata hint w09_training.BatchNorm1d`)")
+        raise NotImplementedError("w09_training.BatchNorm1d.forward is not implemented yet (try `kata hint w09_training.BatchNorm1d`)")
 
 
 class Dropout(nn.Module):
@@ -171,11 +171,11 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         # TODO(w09_training.Dropout): write your implementation here.
-        raise NotImplementedError("w09_training.Dropout is not implemented yet (try `kata hint w09_training.Dropout`)")
+        raise NotImplementedError("w09_training.Dropout.__init__ is not implemented yet (try `kata hint w09_training.Dropout`)")
 
     def forward(self, x: Tensor) -> Tensor:
         # TODO(w09_training.Dropout): write your implementation here.
-        raise NotImplementedError("w09_training.Dropout is not implemented yet (try `kata hint w09_training.Dropout`)")
+        raise NotImplementedError("w09_training.Dropout.forward is not implemented yet (try `kata hint w09_training.Dropout`)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,11 +217,11 @@ class LSTMCell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         # TODO(w09_training.LSTMCell): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMCell is not implemented yet (try `kata hint w09_training.LSTMCell`)")
+        raise NotImplementedError("w09_training.LSTMCell.__init__ is not implemented yet (try `kata hint w09_training.LSTMCell`)")
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         # TODO(w09_training.LSTMCell): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMCell is not implemented yet (try `kata hint w09_training.LSTMCell`)")
+        raise NotImplementedError("w09_training.LSTMCell.forward is not implemented yet (try `kata hint w09_training.LSTMCell`)")
 
 
 class GRUCell(nn.Module):
@@ -253,11 +253,11 @@ class GRUCell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         # TODO(w09_training.LSTMCell): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMCell is not implemented yet (try `kata hint w09_training.LSTMCell`)")
+        raise NotImplementedError("w09_training.GRUCell.__init__ is not implemented yet (part of w09_training.LSTMCell: try `kata hint w09_training.LSTMCell`)")
 
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
         # TODO(w09_training.LSTMCell): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMCell is not implemented yet (try `kata hint w09_training.LSTMCell`)")
+        raise NotImplementedError("w09_training.GRUCell.forward is not implemented yet (part of w09_training.LSTMCell: try `kata hint w09_training.LSTMCell`)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,11 +313,11 @@ class LSTMWithAttention(nn.Module):
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, num_heads: int = 8) -> None:
         # TODO(w09_training.LSTMWithAttention): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMWithAttention is not implemented yet (try `kata hint w09_training.LSTMWithAttention`)")
+        raise NotImplementedError("w09_training.LSTMWithAttention.__init__ is not implemented yet (try `kata hint w09_training.LSTMWithAttention`)")
 
     def forward(self, x: Tensor) -> Tensor:
         # TODO(w09_training.LSTMWithAttention): write your implementation here.
-        raise NotImplementedError("w09_training.LSTMWithAttention is not implemented yet (try `kata hint w09_training.LSTMWithAttention`)")
+        raise NotImplementedError("w09_training.LSTMWithAttention.forward is not implemented yet (try `kata hint w09_training.LSTMWithAttention`)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,12 +412,12 @@ class AdamW(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
     ) -> None:
         # TODO(w09_training.AdamW): write your implementation here.
-        raise NotImplementedError("w09_training.AdamW is not implemented yet (try `kata hint w09_training.AdamW`)")
+        raise NotImplementedError("w09_training.AdamW.__init__ is not implemented yet (try `kata hint w09_training.AdamW`)")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         # TODO(w09_training.AdamW): write your implementation here.
-        raise NotImplementedError("w09_training.AdamW is not implemented yet (try `kata hint w09_training.AdamW`)")
+        raise NotImplementedError("w09_training.AdamW.step is not implemented yet (try `kata hint w09_training.AdamW`)")
 
 
 def warmup_cosine_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr: float = 0.0) -> float:

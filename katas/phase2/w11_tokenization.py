@@ -81,23 +81,23 @@ class AdvancedTokenizer:
 
     def __init__(self, vocab_size: int = 10000) -> None:
         # TODO(w11_tokenization.AdvancedTokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.AdvancedTokenizer is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
+        raise NotImplementedError("w11_tokenization.AdvancedTokenizer.__init__ is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
 
     def preprocess_text(self, text: str) -> str:
         # TODO(w11_tokenization.AdvancedTokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.AdvancedTokenizer is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
+        raise NotImplementedError("w11_tokenization.AdvancedTokenizer.preprocess_text is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
 
     def build_vocab(self, texts: Iterable[str]) -> None:
         # TODO(w11_tokenization.AdvancedTokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.AdvancedTokenizer is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
+        raise NotImplementedError("w11_tokenization.AdvancedTokenizer.build_vocab is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
 
     def encode(self, text: str) -> list[int]:
         # TODO(w11_tokenization.AdvancedTokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.AdvancedTokenizer is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
+        raise NotImplementedError("w11_tokenization.AdvancedTokenizer.encode is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
 
     def decode(self, indices: Iterable[int]) -> str:
         # TODO(w11_tokenization.AdvancedTokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.AdvancedTokenizer is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
+        raise NotImplementedError("w11_tokenization.AdvancedTokenizer.decode is not implemented yet (try `kata hint w11_tokenization.AdvancedTokenizer`)")
 
 
 class BPETokenizer:
@@ -161,27 +161,27 @@ class BPETokenizer:
 
     def __init__(self) -> None:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.__init__ is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
     def train(self, text: str, vocab_size: int, verbose: bool = False) -> None:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.train is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
     def encode(self, text: str) -> list[int]:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.encode is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
     def decode(self, ids: Iterable[int]) -> str:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.decode is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
     def save(self, path: str | os.PathLike) -> None:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.save is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
     def load(self, path: str | os.PathLike) -> BPETokenizer:
         # TODO(w11_tokenization.BPETokenizer): write your implementation here.
-        raise NotImplementedError("w11_tokenization.BPETokenizer is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
+        raise NotImplementedError("w11_tokenization.BPETokenizer.load is not implemented yet (try `kata hint w11_tokenization.BPETokenizer`)")
 
 
 def wordpiece_encode(word: str, vocab: Collection[str], unk: str = "[UNK]",
@@ -251,19 +251,19 @@ class NGramLM:
 
     def __init__(self, n: int, k: float = 1.0) -> None:
         # TODO(w11_tokenization.NGramLM): write your implementation here.
-        raise NotImplementedError("w11_tokenization.NGramLM is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
+        raise NotImplementedError("w11_tokenization.NGramLM.__init__ is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
 
     def fit(self, tokens: Sequence[str]) -> NGramLM:
         # TODO(w11_tokenization.NGramLM): write your implementation here.
-        raise NotImplementedError("w11_tokenization.NGramLM is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
+        raise NotImplementedError("w11_tokenization.NGramLM.fit is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
 
     def prob(self, word: str, context: Sequence[str] = ()) -> float:
         # TODO(w11_tokenization.NGramLM): write your implementation here.
-        raise NotImplementedError("w11_tokenization.NGramLM is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
+        raise NotImplementedError("w11_tokenization.NGramLM.prob is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
 
     def perplexity(self, tokens: Sequence[str]) -> float:
         # TODO(w11_tokenization.NGramLM): write your implementation here.
-        raise NotImplementedError("w11_tokenization.NGramLM is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
+        raise NotImplementedError("w11_tokenization.NGramLM.perplexity is not implemented yet (try `kata hint w11_tokenization.NGramLM`)")
 
 
 def calculate_perplexity(model: torch.nn.Module, dataloader: Iterable, ignore_index: int = -100) -> float:

@@ -117,7 +117,7 @@ def padding_mask(lengths: Tensor | Sequence[int], t: int) -> Tensor:
                 [ True, False, False, False]])
     """
     # TODO(w13_attention.causal_mask): write your implementation here.
-    raise NotImplementedError("w13_attention.causal_mask is not implemented yet (try `kata hint w13_attention.causal_mask`)")
+    raise NotImplementedError("w13_attention.padding_mask is not implemented yet (part of w13_attention.causal_mask: try `kata hint w13_attention.causal_mask`)")
 
 
 class SelfAttention(nn.Module):
@@ -165,11 +165,11 @@ class SelfAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0) -> None:
         # TODO(w13_attention.SelfAttention): write your implementation here.
-        raise NotImplementedError("w13_attention.SelfAttention is not implemented yet (try `kata hint w13_attention.SelfAttention`)")
+        raise NotImplementedError("w13_attention.SelfAttention.__init__ is not implemented yet (try `kata hint w13_attention.SelfAttention`)")
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         # TODO(w13_attention.SelfAttention): write your implementation here.
-        raise NotImplementedError("w13_attention.SelfAttention is not implemented yet (try `kata hint w13_attention.SelfAttention`)")
+        raise NotImplementedError("w13_attention.SelfAttention.forward is not implemented yet (try `kata hint w13_attention.SelfAttention`)")
 
 
 class PositionalEncoding(nn.Module):
@@ -207,11 +207,11 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, embed_dim: int, max_len: int = 5000) -> None:
         # TODO(w13_attention.PositionalEncoding): write your implementation here.
-        raise NotImplementedError("w13_attention.PositionalEncoding is not implemented yet (try `kata hint w13_attention.PositionalEncoding`)")
+        raise NotImplementedError("w13_attention.PositionalEncoding.__init__ is not implemented yet (try `kata hint w13_attention.PositionalEncoding`)")
 
     def forward(self, x: Tensor) -> Tensor:
         # TODO(w13_attention.PositionalEncoding): write your implementation here.
-        raise NotImplementedError("w13_attention.PositionalEncoding is not implemented yet (try `kata hint w13_attention.PositionalEncoding`)")
+        raise NotImplementedError("w13_attention.PositionalEncoding.forward is not implemented yet (try `kata hint w13_attention.PositionalEncoding`)")
 
 
 class TransformerBlock(nn.Module):
@@ -265,8 +265,8 @@ class TransformerBlock(nn.Module):
         causal: bool = False,
     ) -> None:
         # TODO(w13_attention.TransformerBlock): write your implementation here.
-        raise NotImplementedError("w13_attention.TransformerBlock is not implemented yet (try `kata hint w13_attention.TransformerBlock`)")
+        raise NotImplementedError("w13_attention.TransformerBlock.__init__ is not implemented yet (try `kata hint w13_attention.TransformerBlock`)")
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         # TODO(w13_attention.TransformerBlock): write your implementation here.
-        raise NotImplementedError("w13_attention.TransformerBlock is not implemented yet (try `kata hint w13_attention.TransformerBlock`)")
+        raise NotImplementedError("w13_attention.TransformerBlock.forward is not implemented yet (try `kata hint w13_attention.TransformerBlock`)")

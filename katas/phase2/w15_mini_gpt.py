@@ -64,11 +64,11 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.CausalSelfAttention.__init__ is not implemented yet (part of w15_mini_gpt.MiniGPT: try `kata hint w15_mini_gpt.MiniGPT`)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.CausalSelfAttention.forward is not implemented yet (part of w15_mini_gpt.MiniGPT: try `kata hint w15_mini_gpt.MiniGPT`)")
 
 
 class Block(nn.Module):
@@ -90,11 +90,11 @@ class Block(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float = 0.0) -> None:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.Block.__init__ is not implemented yet (part of w15_mini_gpt.MiniGPT: try `kata hint w15_mini_gpt.MiniGPT`)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.Block.forward is not implemented yet (part of w15_mini_gpt.MiniGPT: try `kata hint w15_mini_gpt.MiniGPT`)")
 
 
 class MiniGPT(nn.Module):
@@ -149,11 +149,11 @@ class MiniGPT(nn.Module):
         tie_weights: bool = True,
     ) -> None:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.MiniGPT.__init__ is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         # TODO(w15_mini_gpt.MiniGPT): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.MiniGPT is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
+        raise NotImplementedError("w15_mini_gpt.MiniGPT.forward is not implemented yet (try `kata hint w15_mini_gpt.MiniGPT`)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,19 +330,19 @@ class KVCache:
         device: torch.device | str | None = None,
     ) -> None:
         # TODO(w15_mini_gpt.KVCache): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.KVCache is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
+        raise NotImplementedError("w15_mini_gpt.KVCache.__init__ is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
 
     def __len__(self) -> int:
         # TODO(w15_mini_gpt.KVCache): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.KVCache is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
+        raise NotImplementedError("w15_mini_gpt.KVCache.__len__ is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # TODO(w15_mini_gpt.KVCache): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.KVCache is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
+        raise NotImplementedError("w15_mini_gpt.KVCache.update is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
 
     def reset(self) -> None:
         # TODO(w15_mini_gpt.KVCache): write your implementation here.
-        raise NotImplementedError("w15_mini_gpt.KVCache is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
+        raise NotImplementedError("w15_mini_gpt.KVCache.reset is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
 
 
 def generate_cached(
@@ -389,7 +389,7 @@ def generate_cached(
         True
     """
     # TODO(w15_mini_gpt.KVCache): write your implementation here.
-    raise NotImplementedError("w15_mini_gpt.KVCache is not implemented yet (try `kata hint w15_mini_gpt.KVCache`)")
+    raise NotImplementedError("w15_mini_gpt.generate_cached is not implemented yet (part of w15_mini_gpt.KVCache: try `kata hint w15_mini_gpt.KVCache`)")
 
 
 # ---------------------------------------------------------------------------------------------------------

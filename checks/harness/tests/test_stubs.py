@@ -10,7 +10,11 @@ from checks.harness.stubs import api_differences, reset_source, stub_body, stub_
 EX = Exercise(
     kata="w99_demo", name="area", title="Area", difficulty="easy", symbols=("area", "Shape"), hints=("a", "b")
 )
-TODO, RAISE = stub_body(EX.id)
+TODO, RAISE = stub_body(EX)
+
+
+def _stub(symbol: str, method: str | None = None) -> str:
+    return stub_body(EX, symbol, method)[1]
 
 STUB = textwrap.dedent(
     f'''
@@ -28,12 +32,12 @@ STUB = textwrap.dedent(
 
         def __init__(self, n: int):
             {TODO}
-            {RAISE}
+            {_stub("Shape", "__init__")}
 
         def sides(self) -> int:
             """How many sides."""
             {TODO}
-            {RAISE}
+            {_stub("Shape", "sides")}
 
 
     def helper():
@@ -42,7 +46,7 @@ STUB = textwrap.dedent(
 )
 
 SOLVED = STUB.replace(f"{TODO}\n    {RAISE}", "return math.pi * r * r", 1).replace(
-    f"        {TODO}\n        {RAISE}", "        self.n = n", 1
+    f"        {TODO}\n        {_stub('Shape', '__init__')}", "        self.n = n", 1
 )
 
 
@@ -50,6 +54,19 @@ def test_canonical_stubs_pass_and_solved_code_does_not():
     assert stub_problems(STUB, EX) == []
     problems = stub_problems(SOLVED, EX)
     assert any("area.area" in p for p in problems) and any("Shape.__init__" in p for p in problems)
+
+
+def test_each_stub_names_itself_and_its_exercise():
+    assert _stub("area") == (
+        'raise NotImplementedError("w99_demo.area is not implemented yet (try `kata hint w99_demo.area`)")'
+    )
+    assert "w99_demo.Shape.sides is not implemented yet (part of w99_demo.area: try `kata hint w99_demo.area`)" in (
+        _stub("Shape", "sides")
+    )
+    # a stub copied from another function still says that function's name: verify rejects it
+    copied = STUB.replace(_stub("Shape", "sides"), _stub("Shape", "__init__"))
+    problems = stub_problems(copied, EX)
+    assert len(problems) == 1 and "Shape.sides is not a canonical stub" in problems[0]
 
 
 def test_reset_restores_every_body_of_the_exercise_and_nothing_else():
@@ -70,7 +87,7 @@ def test_only_a_stubs_own_not_implemented_error_is_todo():
     from checks.harness.outcomes import is_not_implemented
     from checks.harness.stubs import stub_body
 
-    message = stub_body("w01_numpy.softmax")[1].split('"')[1]
+    message = stub_body(EX)[1].split('"')[1]
     assert is_not_implemented(NotImplementedError(message))
     assert is_not_implemented(ExceptionGroup("both", [NotImplementedError(message), NotImplementedError(message)]))
     # PyTorch's own, e.g. an operation the meta device cannot run: a failure the learner must see
