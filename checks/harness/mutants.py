@@ -76,11 +76,31 @@ class KataResult:
     seconds: float = 0.0
 
 
+def _code_only(source: str) -> str:
+    """The module's syntax tree without docstrings: comments and docstrings cannot change a mutation run."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def fingerprint(kata: Kata) -> str:
-    """sha256 over the kata's reference and check files, the two files a mutation run depends on."""
+    """sha256 over the code of the kata's reference and check files, the two files a mutation run depends on.
+
+    Only the code counts, so that rewording a docstring or a comment does not call for a new run.
+    """
     digest = hashlib.sha256()
     for path in (paths.module_file(paths.REFERENCE_DIR, kata.phase, kata.id), kata.check_file):
-        digest.update(path.relative_to(paths.ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        code = _code_only(path.read_text(encoding="utf-8"))
+        digest.update(path.relative_to(paths.ROOT).as_posix().encode() + b"\0" + code.encode() + b"\0")
     return digest.hexdigest()
 
 

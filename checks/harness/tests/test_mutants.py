@@ -90,3 +90,12 @@ def test_the_readme_shows_the_recorded_runs():
     assert block, "README.md lost its <!-- mutation-table --> block"
     expected = mutants.markdown_table(mutants.recorded_results(registry.load(), None))
     assert expected in block.group(0), "README's mutation table differs from checks/mutants/; run `kata mutants`"
+
+
+def test_the_fingerprint_sees_code_but_not_docstrings_or_comments():
+    from checks.harness.mutants import _code_only
+
+    source = 'def f(x):\n    """Doubles x."""\n    return 2 * x  # twice\n'
+    assert _code_only(source) == _code_only(source.replace("Doubles x.", "Twice x.").replace("# twice", "# 2x"))
+    assert _code_only(source) != _code_only(source.replace("2 * x", "3 * x"))
+    assert _code_only(source) != _code_only(source.replace('"""Doubles x."""', 'print("Doubles x.")'))
