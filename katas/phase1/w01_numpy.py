@@ -317,7 +317,7 @@ class CharVocab:
 
     The learning path builds it like this::
 
-        chars = list(set(text))                          # (seed) bug
+        chars = list(set(text))                          # the bug
         char_to_idx = {ch: i for i, ch in enumerate(chars)}
 
     ``set`` has no defined order: the order you see depends on the hash of each character, and Python

@@ -1,6 +1,6 @@
 """Kata w03_torch (Weeks 3-4): PyTorch fundamentals.
 
-Tensors, autograd and the training loop. You build the seed's first network, write two losses and
+Tensors, autograd and the training loop. You build the learning path's first network, write two losses and
 two autograd Functions by hand, then the step every training loop repeats, a tiny regression fitted
 with autograd, and the helper that moves a whole batch to the GPU.
 
@@ -25,7 +25,7 @@ _GELU_CUBIC = 0.044715  # the cubic coefficient of the tanh approximation of GEL
 
 
 class SimpleNet(nn.Module):
-    """The seed's first network: Linear -> ReLU -> Linear.
+    """The learning path's first network: Linear -> ReLU -> Linear.
 
     ``SimpleNet(input_size, hidden_size, output_size)`` maps ``x`` of shape ``(*, input_size)`` (any
     number of leading batch axes, e.g. ``(B, input_size)`` or ``(B, T, input_size)``) to shape
@@ -35,7 +35,7 @@ class SimpleNet(nn.Module):
         out    = hidden @ W2.T + b2         # (*, output_size)
 
     Rules:
-    - Keep the seed's attribute names: ``self.layer1`` and ``self.layer2`` are ``nn.Linear`` layers
+    - Keep the learning path's attribute names: ``self.layer1`` and ``self.layer2`` are ``nn.Linear`` layers
       (with bias) and ``self.relu`` is the activation. The checks load weights by these names
       (``layer1.weight``, ``layer1.bias``, ``layer2.weight``, ``layer2.bias``).
     - Assign the layers as attributes so that ``nn.Module`` registers their parameters; the model then
@@ -241,7 +241,7 @@ def train_step(
     5. update: ``optimizer.step()``;
     6. return ``loss.item()``: the loss of this batch BEFORE the update, as a plain float.
 
-    Why step 2: ``loss.backward()`` ADDS to each parameter's ``.grad``. Loops written like the seed's
+    Why step 2: ``loss.backward()`` ADDS to each parameter's ``.grad``. Loops written like the learning path's
     samples (backward, step, repeat) without ``zero_grad`` apply the sum of all gradients so far at
     every step. Clear them BEFORE the backward, so that gradients left over by the caller do not
     leak into this step either. Return a float, not the tensor: a tensor keeps its autograd graph

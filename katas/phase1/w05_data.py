@@ -6,7 +6,7 @@ with ``shuffle=True``. Here you write the same pieces so that they can be truste
 
 1. ``text_length_stats``      pandas: a length column, ``describe()``, an optional ``groupby``;
 2. ``plot_length_histogram``  matplotlib's object API: return a ``Figure``, never ``plt.show()``;
-3. ``TextDataset``            the seed's dataset, with its lengths checked;
+3. ``TextDataset``            the learning path's dataset, with its lengths checked;
 4. ``CharWindowDataset``      (x, y) training windows for a character-level language model;
 5. ``pad_collate``            batching sequences of different lengths, with an attention mask;
 6. ``train_val_split``        a reproducible, disjoint train/validation split;
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 def text_length_stats(df: pd.DataFrame, text_col: str = "text", by: str | None = None) -> pd.Series | pd.DataFrame:
     """Summary statistics of the text lengths, in characters, of ``df[text_col]``, optionally per group.
 
-    This is the seed's ``df.describe()`` step, done on purpose: compute a length for every text, then
+    This is the learning path's ``df.describe()`` step, done on purpose: compute a length for every text, then
     describe those lengths.
 
     - A text's length is its number of *characters* (Unicode code points), what ``len(text)`` and
@@ -68,7 +68,7 @@ def plot_length_histogram(
 ) -> Figure:
     """Draw a histogram of ``lengths`` and return the ``matplotlib.figure.Figure``.
 
-    The seed draws with pyplot's global state (``plt.figure(); plt.hist(...); plt.show()``). That
+    The learning path's code draws with pyplot's global state (``plt.figure(); plt.hist(...); plt.show()``). That
     blocks a script until the window is closed, does nothing (or warns) on a headless machine, and
     leaves a figure registered in pyplot after every call, so a loop that plots leaks memory. Use the
     object API instead and let the caller decide whether to show, save or test the figure:
@@ -99,10 +99,10 @@ def plot_length_histogram(
 
 
 class TextDataset(Dataset):
-    """The seed's dataset of (text, label) pairs, with its lengths checked.
+    """The learning path's dataset of (text, label) pairs, with its lengths checked.
 
     ``dataset[i]`` is ``(texts[i], labels[i])`` and ``len(dataset)`` the number of pairs. Two things
-    the seed's version gets wrong:
+    the learning path's version gets wrong:
 
     - it accepts 5 texts and 4 labels, and the mistake only shows up (as an IndexError deep inside a
       DataLoader) when the last batch is drawn. Raise ``ValueError`` in ``__init__`` instead, naming
@@ -253,7 +253,7 @@ def make_dataloader(
 ) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` whose shuffling depends on ``seed`` and nothing else.
 
-    The seed's ``DataLoader(dataset, batch_size=32, shuffle=True)`` draws its order from torch's
+    The learning path's ``DataLoader(dataset, batch_size=32, shuffle=True)`` draws its order from torch's
     *global* RNG: the order changes whenever anything else draws a random number or calls
     ``torch.manual_seed``, so two runs of "the same" experiment see different batches.
 

@@ -272,9 +272,9 @@ class LSTMWithAttention(nn.Module):
 
     The learning path wrote::
 
-        self.attention = nn.MultiheadAttention(hidden_dim, num_heads=8)      # (seed) bug 1
+        self.attention = nn.MultiheadAttention(hidden_dim, num_heads=8)      # bug 1
         ...
-        attended, _ = self.attention(lstm_out, lstm_out, lstm_out)           # (seed) bug 2
+        attended, _ = self.attention(lstm_out, lstm_out, lstm_out)           # bug 2
 
     Bug 1: ``nn.MultiheadAttention`` expects (T, B, H) unless it is built with ``batch_first=True``. The
     LSTM (built with ``batch_first=True``) returns (B, T, H), so the attention reads the *batch* axis as
@@ -474,14 +474,14 @@ def train_model(
         1. set ``group["lr"] = warmup_cosine_lr(s, warmup_steps, total_steps, lr, min_lr)`` in every param
            group (the rate of THIS step, set before ``optimizer.step()``);
         2. ``zero_grad``, forward, cross-entropy loss (mean over all tokens: flatten the logits to (-1, V)
-           with ``reshape`` - the seed's ``view`` fails on non-contiguous tensors - and the targets to (-1,));
+           with ``reshape`` - the learning path's ``view`` fails on non-contiguous tensors - and the targets to (-1,));
         3. ``loss.backward()``, then ``clip_grad_norm_(model.parameters(), max_norm)``, then
            ``optimizer.step()`` - clipping after the step would clip gradients that were already used.
 
     Returns one float per epoch: the mean of that epoch's batch losses (each measured before its step).
 
-    Rules: ``epochs < 1`` raises ``ValueError`` naming it; so does a dataloader with no batches (the seed
-    divided by ``len(dataloader)`` = 0).
+    Rules: ``epochs < 1`` raises ``ValueError`` naming it; so does a dataloader with no batches
+    (the learning path's code divided by ``len(dataloader)`` = 0).
 
     Example::
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: F401 - F.cross_entropy
 
 
 class AdvancedTokenizer:
-    """A word-level tokenizer with placeholders for URLs, mentions and hashtags (the seed's, fixed).
+    """A word-level tokenizer with placeholders for URLs, mentions and hashtags (the learning path's, fixed).
 
     ``AdvancedTokenizer(vocab_size)`` keeps at most ``vocab_size`` tokens. The first ids are fixed::
 
@@ -46,7 +46,7 @@ class AdvancedTokenizer:
 
     - ``preprocess_text(text) -> str``: lower-case the text, THEN replace, in this order, every match of
       ``http\\S+`` by ``<URL>``, of ``@\\w+`` by ``<USER>`` and of ``#\\w+`` by ``<HASHTAG>``
-      (the seed's regular expressions). The order matters where they touch: URLs go first, so
+      (the learning path's regular expressions). The order matters where they touch: URLs go first, so
       ``"@http://x.io"`` becomes ``"@<URL>"``, not ``"<USER>://x.io"``. Nothing else changes (spaces and
       punctuation stay).
     - ``build_vocab(texts)``: add the words (``preprocess_text(t).split()``) of every text to the Counter
@@ -59,7 +59,7 @@ class AdvancedTokenizer:
       gets the id of ``<UNK>``.
     - ``decode(indices) -> str``: the words joined by single spaces; an unknown id decodes to ``<UNK>``.
 
-    The seed's bug: it lower-cased AFTER inserting the placeholders, so ``<URL>`` became ``<url>``,
+    The learning path's bug: it lower-cased AFTER inserting the placeholders, so ``<URL>`` became ``<url>``,
     which is not a special token - every URL was counted as the ordinary word ``<url>`` (or lost to
     ``<UNK>``) and the ids 4-6 were never produced.
 
@@ -280,7 +280,7 @@ def calculate_perplexity(model: torch.nn.Module, dataloader: Iterable, ignore_in
     Evaluate under ``torch.no_grad()`` with the model in eval mode (dropout off), and leave the model in
     the mode you found it in. Return a Python float. No real token at all -> ``ValueError``.
 
-    The seed's bug: it divided the summed loss by ``target.numel()``, counting the padding positions as
+    The learning path's bug: it divided the summed loss by ``target.numel()``, counting the padding positions as
     tokens - ``F.cross_entropy`` already skips targets equal to -100, so the loss was right but the
     token count too large, and the perplexity came out too LOW (flattering) the more padding a batch had.
 

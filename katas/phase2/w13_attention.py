@@ -125,7 +125,7 @@ class SelfAttention(nn.Module):
 
     This is the learning path's ``SelfAttention`` with two fixes: an optional causal mask (a language
     model must not look at the tokens it is about to predict) and a clear ``ValueError`` when
-    ``embed_dim % num_heads != 0`` (the seed computed ``head_dim = embed_dim // num_heads`` and then
+    ``embed_dim % num_heads != 0`` (the learning path's code computed ``head_dim = embed_dim // num_heads`` and then
     crashed much later inside ``.view`` with a shape error that does not say what is wrong).
 
     Parameter layout (the checks copy ``nn.MultiheadAttention`` weights in by these names, so keep them):
@@ -188,15 +188,15 @@ class PositionalEncoding(nn.Module):
     dtype, leaving ``x`` itself unchanged. ``embed_dim`` and ``max_len`` must be positive (``ValueError``
     naming the value otherwise).
 
-    The seed's bug: it wrote ``pe[:, 1::2] = torch.cos(position * div_term)``. For an odd E there are
+    The learning path's bug: it wrote ``pe[:, 1::2] = torch.cos(position * div_term)``. For an odd E there are
     ceil(E/2) frequencies (one per even column) but only floor(E/2) odd columns, so the assignment
     crashed. Any E >= 1 must work here: cut the cosines to E // 2 columns.
 
-    Also: an input longer than ``max_len`` is a ``ValueError`` naming both lengths (the seed crashed
+    Also: an input longer than ``max_len`` is a ``ValueError`` naming both lengths (the learning path's code crashed
     with a broadcasting error instead). Large positions need care too: compute the angles ``pos * freq``
     in float64 and round only the finished table to the default dtype. The checks compare every position
     up to ``max_len`` with the exact formula within 1e-6 (float32 rounding of the stored values is fine),
-    and the seed's float32 angles are off by ~1e-4 at position 5000.
+    and the learning path's float32 angles are off by ~1e-4 at position 5000.
 
     Example::
 
@@ -229,7 +229,7 @@ class TransformerBlock(nn.Module):
 
     ``forward(x, key_padding_mask=None)`` (the mask is passed on to the attention), two orders:
 
-    - post-norm (``norm_first=False``, the seed and the original paper)::
+    - post-norm (``norm_first=False``, as in the learning path and the original paper)::
 
           x = norm1(x + dropout(attention(x)))
           x = norm2(x + dropout(feed_forward(x)))

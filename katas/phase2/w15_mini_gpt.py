@@ -53,7 +53,7 @@ class CausalSelfAttention(nn.Module):
     depends on a later token. ``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` does the scaling,
     masking and softmax in one call (pass ``dropout_p=self.dropout if self.training else 0.0``).
 
-    Why the mask matters (the seed's bug): the learning path's ``MiniGPT`` stacked blocks with no causal mask.
+    Why the mask matters (the learning path's bug): its ``MiniGPT`` stacked blocks with no causal mask.
     Trained on next-token prediction, such a model simply reads the answer at position t + 1: the training
     loss collapses towards 0, but at generation time there is no future to read, so it produces garbage.
 
@@ -84,7 +84,7 @@ class Block(nn.Module):
         x = x + self.mlp(self.ln2(x))
 
     Pre-norm (LayerNorm *inside* the residual branch) leaves the residual stream an unobstructed identity
-    path, which keeps gradients well scaled in deep stacks; the seed's post-norm ``TransformerBlock``
+    path, which keeps gradients well scaled in deep stacks; the learning path's post-norm ``TransformerBlock``
     normalised after the addition.
     """
 
@@ -98,13 +98,13 @@ class Block(nn.Module):
 
 
 class MiniGPT(nn.Module):
-    """A decoder-only transformer language model: the seed's ``MiniGPT``, made causal (GPT-2 layout).
+    """A decoder-only transformer language model: the learning path's ``MiniGPT``, made causal (GPT-2 layout).
 
     Layout (parameter names are part of the contract: the checks load the reference's weights into your model
     by name, and ``generate_cached`` walks these modules):
 
     - ``tok_emb``: ``nn.Embedding(V, E)``; ``pos_emb``: ``nn.Embedding(max_len, E)`` (learned positions,
-      as in GPT-2, instead of the seed's sinusoidal encoding);
+      as in GPT-2, instead of the learning path's sinusoidal encoding);
     - ``drop``: ``nn.Dropout(dropout)`` applied to ``tok_emb(idx) + pos_emb(positions)``;
     - ``blocks``: ``nn.ModuleList`` of ``num_layers`` ``Block(E, nh, ff_dim, dropout)``;
     - ``ln_f``: ``nn.LayerNorm(E)``; ``head``: ``nn.Linear(E, V, bias=False)``;
@@ -201,8 +201,8 @@ def configure_optimizer(
 
     Weight decay pulls weights towards 0. That regularises the matrices of ``nn.Linear`` layers, but it only
     hurts biases, LayerNorm gains (pulling a gain towards 0 switches its feature off) and embeddings (rare
-    tokens' rows would shrink towards 0 just for being rare). The seed passed ``model.parameters()`` with
-    ``weight_decay=0.1``: it decayed everything.
+    tokens' rows would shrink towards 0 just for being rare). The learning path's code passed
+    ``model.parameters()`` with ``weight_decay=0.1``: it decayed everything.
 
     Rule: a parameter is decayed if and only if it is the ``weight`` of an ``nn.Linear`` that is not also the
     weight of an ``nn.Embedding`` (a tied head *is* the embedding: not decayed). Everything else is not
@@ -264,7 +264,7 @@ def generate(
     empty (B, 0, 0) tensor (``torch.stack`` of no steps fails: handle that case). ``idx`` itself is never
     modified in place.
 
-    The seed's ``generate`` had three bugs, all fixed here:
+    The learning path's ``generate`` had three bugs, all fixed here:
 
     - it stopped at 1024 tokens instead of cropping, so it could never write more than the context holds;
       cropping lets generation go on forever, each step seeing the last ``max_len`` tokens;

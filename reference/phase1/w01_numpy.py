@@ -151,7 +151,7 @@ class CharVocab:
 
     @classmethod
     def from_text(cls, text: str) -> CharVocab:
-        # sorted(): a set's iteration order depends on the per-process string hash seed, so the seed's
+        # sorted(): a set's iteration order depends on the per-process string hash seed, so the learning path's
         # list(set(text)) gives different ids in every run; sorting by code point never does.
         return cls(sorted(set(text)))
 

@@ -15,7 +15,7 @@ _GELU_CUBIC = 0.044715  # the cubic coefficient of the tanh approximation of GEL
 
 
 class SimpleNet(nn.Module):
-    """Linear -> ReLU -> Linear, the seed's first network."""
+    """Linear -> ReLU -> Linear, the learning path's first network."""
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int) -> None:
         super().__init__()

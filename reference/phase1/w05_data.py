@@ -52,7 +52,7 @@ def plot_length_histogram(
 
 
 class TextDataset(Dataset):
-    """The seed's dataset of (text, label) pairs, with its lengths checked."""
+    """The learning path's dataset of (text, label) pairs, with its lengths checked."""
 
     def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
         # list() indexes by position: a pandas Series cut from a filtered frame has gaps in its index,

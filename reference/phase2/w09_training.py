@@ -1,6 +1,6 @@
 """Reference solutions for w09_training (Weeks 9-10: advanced networks and training).
 
-Fixes of the learning path's own code (the seed):
+Fixes of the learning path's own code:
 - ``LSTMWithAttention`` built ``nn.MultiheadAttention(hidden_dim, num_heads=8)`` without
   ``batch_first=True`` and fed it the LSTM's batch-first output: the attention then read the *batch* axis
   as the sequence axis and mixed different examples. It also had no causal mask, so a language model could
@@ -8,7 +8,7 @@ Fixes of the learning path's own code (the seed):
   divide raises a ``ValueError`` instead of an assertion deep inside PyTorch.
 - ``train_model`` used ``output.view(...)`` (fails on non-contiguous outputs), a per-epoch cosine schedule
   from PyTorch and PyTorch's optimizer / clipping. Here it uses this module's ``AdamW``,
-  ``clip_grad_norm_`` and a per-step ``warmup_cosine_lr``, and refuses an empty dataloader (the seed
+  ``clip_grad_norm_`` and a per-step ``warmup_cosine_lr``, and refuses an empty dataloader (the learning path's code
   divided by ``len(dataloader) == 0``).
 """
 
@@ -188,7 +188,7 @@ class GRUCell(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# the seed's model, fixed
+# the learning path's model, fixed
 
 
 class LSTMWithAttention(nn.Module):

@@ -23,7 +23,7 @@ _HASHTAG = re.compile(r"#\w+")
 
 
 class AdvancedTokenizer:
-    """A word-level tokenizer with URL / mention / hashtag placeholders (the seed's, fixed)."""
+    """A word-level tokenizer with URL / mention / hashtag placeholders (the learning path's, fixed)."""
 
     SPECIAL_TOKENS = ("<PAD>", "<UNK>", "<START>", "<END>", "<URL>", "<USER>", "<HASHTAG>")
 
@@ -38,7 +38,7 @@ class AdvancedTokenizer:
         self.word_counts: Counter[str] = Counter()
 
     def preprocess_text(self, text: str) -> str:
-        # Lower-case FIRST: lower-casing after the substitutions would turn <URL> into <url> (the seed's bug).
+        # Lower-case FIRST: lower-casing after the substitutions would turn <URL> into <url> (the learning path's bug).
         text = text.lower()
         text = _URL.sub("<URL>", text)  # URLs first: '@http://x.io' is '@<URL>', not '<USER>://x.io'
         text = _USER.sub("<USER>", text)

@@ -1,6 +1,6 @@
 """Reference solutions for w13_attention (Weeks 13-14: transformers).
 
-Fixes of the learning path's own code (the seed):
+Fixes of the learning path's own code:
 - ``PositionalEncoding`` crashed for an odd ``embed_dim``: the cosine columns ``pe[:, 1::2]`` are one fewer
   than the frequencies. Here the cosines are cut to ``embed_dim // 2`` columns. It also computed the angles in
   float32, which drift by ~1e-4 at position 5000; here they are float64, rounded once when stored.
@@ -88,14 +88,14 @@ def padding_mask(lengths: Tensor | Sequence[int], t: int) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate query/key/value/out projections (the seed's layout)."""
+    """Multi-head self-attention with separate query/key/value/out projections (the learning path's layout)."""
 
     def __init__(self, embed_dim: int, num_heads: int, causal: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:  # num_heads=0 would divide by zero below
             raise ValueError(f"embed_dim and num_heads must be positive, got {embed_dim} and {num_heads}")
         if embed_dim % num_heads != 0:
-            # the seed failed later inside .view with an unclear shape error
+            # the learning path's code failed later inside .view with an unclear shape error
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -144,7 +144,8 @@ class PositionalEncoding(nn.Module):
         angles = position * div_term  # (max_len, ceil(E / 2)), float64
         pe = torch.zeros(max_len, embed_dim)  # the default dtype: each float64 value is rounded once, here
         pe[:, 0::2] = torch.sin(angles)
-        pe[:, 1::2] = torch.cos(angles[:, : embed_dim // 2])  # one column fewer when E is odd (the seed crashed)
+        # one column fewer when E is odd (the learning path's code crashed here)
+        pe[:, 1::2] = torch.cos(angles[:, : embed_dim // 2])
         self.register_buffer("pe", pe.unsqueeze(0))  # (1, max_len, E): moves with .to(), saved, never trained
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,7 +181,7 @@ class TransformerBlock(nn.Module):
             x = x + self.dropout(self.attention(self.norm1(x), key_padding_mask))
             x = x + self.dropout(self.feed_forward(self.norm2(x)))
         else:
-            # post-norm (the seed, and the original paper): normalise after each residual sum
+            # post-norm (as in the learning path and the original paper): normalise after each residual sum
             x = self.norm1(x + self.dropout(self.attention(x, key_padding_mask)))
             x = self.norm2(x + self.dropout(self.feed_forward(x)))
         return x

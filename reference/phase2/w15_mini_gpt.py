@@ -37,7 +37,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(E, dim=2)  # 3 x (B, T, E)
         # (B, T, E) -> (B, T, nh, hs) -> (B, nh, T, hs): the transpose puts each head's sequence together.
         q, k, v = (t.view(B, T, nh, E // nh).transpose(1, 2) for t in (q, k, v))
-        # is_causal masks j > i, so the logits at t can never depend on a later token (the seed forgot this).
+        # is_causal masks j > i, so the logits at t can never depend on a later token
+        # (the learning path's code forgot this).
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, nh, T, hs)
@@ -225,7 +226,7 @@ def generate(
                 steps.append(logits)
                 idx = torch.cat([idx, _sample_next(logits, temperature, top_k, top_p, generator)], dim=1)
     finally:
-        model.train(was_training)  # the seed left the model in eval mode
+        model.train(was_training)  # the learning path's code left the model in eval mode
     if return_logits:
         return idx, _stack_steps(steps, idx)
     return idx
