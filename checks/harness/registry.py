@@ -17,6 +17,8 @@ from . import paths
 MARKERS = ("gpu", "perf", "slow")
 DIFFICULTIES = ("easy", "medium", "hard")
 MIN_HINTS, MAX_HINTS = 2, 4
+MAX_READ = 3
+MAX_AFTER_CHARS = 400  # one to three sentences
 
 
 class RegistryError(ValueError):
@@ -33,6 +35,8 @@ class Exercise:
     hints: tuple[str, ...]
     depends_on: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
+    after: str = ""  # shown once it passes: what the learner built and where real systems use it
+    read: tuple[str, ...] = ()  # links to read next: the paper, the library's docs, a real implementation
 
     @property
     def id(self) -> str:
@@ -124,12 +128,25 @@ class Registry:
             if matches:
                 options = ", ".join(e.id for e in matches)
                 raise KeyError(f"{target!r} is ambiguous: {options}")
-            raise KeyError(f"{target!r} is not a phase, kata or exercise; try `kata status` to see them all")
+            raise KeyError(f"{target!r} is not a phase, kata or exercise.{self._suggest(target)}")
         if isinstance(found, Exercise):
             return (found,)
         if isinstance(found, Kata):
             return found.exercises
         return tuple(e for k in found.katas for e in k.exercises)
+
+    def _suggest(self, target: str) -> str:
+        """" Did you mean ...?" for a near miss (a typo, a missing kata prefix), else where to look."""
+        import difflib
+
+        names = {name: name for name in self._by_id}
+        for exercise in self.exercises:
+            for symbol in exercise.symbols:
+                names.setdefault(symbol, f"{exercise.kata}.{symbol}")
+        close = difflib.get_close_matches(target, names, n=3, cutoff=0.75)
+        if close:
+            return " Did you mean " + " or ".join(dict.fromkeys(names[c] for c in close)) + "?"
+        return " `kata status --all` lists them all."
 
     def kata_of(self, exercise: Exercise) -> Kata:
         return self.kata(exercise.kata)
@@ -176,6 +193,8 @@ def parse(data: dict) -> Registry:
                     hints=_strings(e, "hints", ewhere),
                     depends_on=_strings(e, "depends_on", ewhere),
                     markers=_strings(e, "markers", ewhere),
+                    after=str(e.get("after", "")),
+                    read=_strings(e, "read", ewhere),
                 )
             )
         kata = Kata(
@@ -241,6 +260,13 @@ def _problems(registry: Registry) -> list[str]:
                 problems.append(f"{where}: difficulty {exercise.difficulty!r} is not one of {DIFFICULTIES}")
             if not MIN_HINTS <= len(exercise.hints) <= MAX_HINTS:
                 problems.append(f"{where}: has {len(exercise.hints)} hints; give {MIN_HINTS} to {MAX_HINTS}")
+            if not exercise.after or len(exercise.after) > MAX_AFTER_CHARS:
+                problems.append(
+                    f"{where}: `after` must say in 1 to 3 sentences (at most {MAX_AFTER_CHARS} characters) what the "
+                    "learner built and where it is used"
+                )
+            if not 1 <= len(exercise.read) <= MAX_READ or not all(u.startswith("https://") for u in exercise.read):
+                problems.append(f"{where}: `read` must list 1 to {MAX_READ} https:// links, got {list(exercise.read)}")
             for marker in (*exercise.markers, *kata.markers):
                 if marker not in MARKERS:
                     problems.append(f"{where}: marker {marker!r} is not one of {MARKERS}")
