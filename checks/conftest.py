@@ -2,7 +2,7 @@
 
 Hypothesis profiles, chosen with ``KATA_PROFILE`` (``CI=true`` picks ``ci`` when it is unset):
 
-- ``dev``: few examples and no deadline, for fast feedback while you work (the default);
+- ``dev``: few examples, no deadline and no explain phase, for fast feedback while you work (the default);
 - ``ci``: derandomized, so a run on CI is reproducible, with more examples;
 - ``thorough``: many examples, for when you want to be sure.
 """
@@ -21,7 +21,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = ["checks.harness.plugin"]
 
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.differing_executors]}
-settings.register_profile("dev", max_examples=25, **_common)
+# dev: a failing check should report within seconds. Hypothesis's explain phase (which lines ran only in
+# failing examples) and its hunt for a second, different bug only cost time; shrinking stays, because a
+# small example is what makes a failure readable.
+settings.register_profile(
+    "dev",
+    max_examples=25,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    report_multiple_bugs=False,
+    **_common,
+)
 settings.register_profile("ci", max_examples=50, derandomize=True, database=None, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=500, **_common)
 # kata verify only needs to know *whether* a check fails, so it skips shrinking the counterexample.

@@ -91,7 +91,12 @@ def likely_cause(
     ``lambda f: f(*args, **kwargs)``, for a module ``lambda cls: cls(...)(x)``. ``run`` must work on fresh
     copies of its inputs. The mistake's result matches when it equals ``actual`` within the tolerance,
     or, for statistical and behavioural paths, when ``matches(result)`` is true.
+
+    Inside a hypothesis test it only looks on the final run, the one whose failure is reported: while
+    hypothesis shrinks a failing example, the message of every intermediate failure is thrown away.
     """
+    if _shrinking():
+        return None
     for entry in mistakes_for(kata, symbol):
         try:
             with warnings.catch_warnings():
@@ -106,6 +111,12 @@ def likely_cause(
         if same:
             return entry.because
     return None
+
+
+def _shrinking() -> bool:
+    from hypothesis.control import current_build_context, currently_in_test_context
+
+    return currently_in_test_context() and not current_build_context().is_final
 
 
 def assert_close(

@@ -1,9 +1,10 @@
 """``kata``: the learner's (and maintainer's) command line.
 
-    kata status            where you are: every exercise, per phase, and what comes next
+    kata status [--all]    where you are: one line per kata, the current one expanded (--all: every exercise)
     kata next              run the checks of the next unfinished exercise
-    kata check [TARGET]    run the checks of a phase, kata or exercise (all when omitted)
-    kata hint EXERCISE     the next hint for an exercise ("hint k of n")
+    kata check [TARGET]    run the checks of an exercise, kata or phase (the current exercise when omitted,
+                           everything with `all`); -v shows pytest's full report
+    kata hint [EXERCISE]   the next hint for an exercise, the current one when omitted ("hint k of n")
     kata solution EXERCISE the reference solution, once you have passed the exercise
     kata watch [TARGET]    re-run checks every time you save
     kata reset EXERCISE    put the stub back (your version is kept in .kata/backups/)
@@ -18,6 +19,7 @@ Heavy modules (pytest, rich, torch) are imported inside the commands that need t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,28 +54,40 @@ def next_exercise(reg: Registry, prog: progress.Progress) -> Exercise | None:
     return next((e for e in reg.exercises if progress.effective_status(reg, prog, e) != "passed"), None)
 
 
+def _current(reg: Registry) -> Exercise | None:
+    return next_exercise(reg, progress.load(paths.progress_file()))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .ui import print_status
 
     reg = _load()
     prog = progress.load(paths.progress_file())
-    print_status(reg, prog, next_exercise(reg, prog))
+    print_status(reg, prog, next_exercise(reg, prog), every_exercise=args.all)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .runner import pytest_args, run_pytest
+    from .runner import pytest_args, run_checks
 
     reg = _load()
-    exercises = _resolve(reg, args.target)
+    if args.target is None:
+        exercise = _current(reg)
+        if exercise is None:
+            print("Every exercise passes. `kata check all` re-checks them all.")
+            return 0
+        print(f"Checking {exercise.id}, the current exercise (`kata check all` checks everything).")
+        exercises: tuple[Exercise, ...] = (exercise,)
+    else:
+        exercises = _resolve(reg, None if args.target == "all" else args.target)
     if not exercises:
         print(f"{args.target}: no katas here yet.")
         return 0
-    return run_pytest(pytest_args(reg, exercises, args.pytest_args))
+    return run_checks(pytest_args(reg, exercises, args.pytest_args))
 
 
 def cmd_next(args: argparse.Namespace) -> int:
-    from .runner import pytest_args, run_pytest
+    from .runner import pytest_args, run_checks
 
     reg = _load()
     exercise = next_exercise(reg, progress.load(paths.progress_file()))
@@ -82,21 +96,30 @@ def cmd_next(args: argparse.Namespace) -> int:
         return 0
     kata = reg.kata_of(exercise)
     print(f"Next: {exercise.id}: {exercise.title} ({exercise.difficulty}), in katas/{kata.phase}/{kata.id}.py")
-    return run_pytest(pytest_args(reg, [exercise], args.pytest_args))
+    return run_checks(pytest_args(reg, [exercise], args.pytest_args))
 
 
 def cmd_hint(args: argparse.Namespace) -> int:
     reg = _load()
-    exercise = _one_exercise(reg, args.exercise)
+    if args.exercise is None:
+        exercise = _current(reg)
+        if exercise is None:
+            print("Every exercise passes; there is nothing left to hint.")
+            return 0
+    else:
+        exercise = _one_exercise(reg, args.exercise)
     path = paths.progress_file()
     shown = progress.load(path).of(exercise.id).hints_shown
-    upto = len(exercise.hints) if args.all else min(shown + 1, len(exercise.hints))
+    total = len(exercise.hints)
+    upto = total if args.all else min(shown + 1, total)
     for number in range(1, upto + 1):
-        print(f"Hint {number} of {len(exercise.hints)} for {exercise.id}:\n  {exercise.hints[number - 1]}\n")
+        print(f"Hint {number} of {total} for {exercise.id}:\n  {exercise.hints[number - 1]}\n")
     if upto > shown:
         progress.record_hint(path, exercise.id, upto)
-    if upto < len(exercise.hints):
+    if upto < total:
         print("Still stuck? Run the same command again for the next hint.")
+    else:
+        print(f"That was the last hint for {exercise.id}. `kata check {exercise.id}` says what still fails.")
     return 0
 
 
@@ -160,7 +183,7 @@ def cmd_badges(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from .watch import watch
 
-    return watch(_load(), args.target, poll=args.poll)
+    return watch(_load(), args.target, poll=args.poll, clear=not args.no_clear)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -200,22 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
-    add("status", cmd_status, "show every exercise per phase and the next one")
+    status = add("status", cmd_status, "one line per kata with your progress, the current kata expanded")
+    status.add_argument("--all", action="store_true", help="list every exercise of every kata")
     for name, func, help_text in (
         ("next", cmd_next, "run the checks of the next unfinished exercise"),
-        ("check", cmd_check, "run the checks of a phase, kata or exercise (all when omitted)"),
+        ("check", cmd_check, "run the checks of the current exercise, or of an exercise, kata or phase"),
     ):
         command = add(name, func, help_text)
         if name == "check":
-            command.add_argument("target", nargs="?", help="phase1, w01_numpy or w01_numpy.softmax")
-        command.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options")
+            command.add_argument(
+                "target", nargs="?", help="w01_numpy.softmax, w01_numpy, phase1 or all (default: the current exercise)"
+            )
+        command.add_argument(
+            "pytest_args", nargs=argparse.REMAINDER, help="-v for the full report; after --: pytest options"
+        )
     hint = add("hint", cmd_hint, "show the next hint for an exercise")
-    hint.add_argument("exercise")
+    hint.add_argument("exercise", nargs="?", help="default: the current exercise")
     hint.add_argument("--all", action="store_true", help="show every hint at once")
     add("solution", cmd_solution, "show the reference solution of an exercise you have passed").add_argument("exercise")
     watch = add("watch", cmd_watch, "re-run the checks every time you save")
     watch.add_argument("target", nargs="?", help="what to watch (default: the next unfinished exercise)")
     watch.add_argument("--poll", action="store_true", help="poll for changes (when file events do not arrive)")
+    watch.add_argument("--no-clear", action="store_true", help="keep earlier runs on screen instead of clearing it")
     add("reset", cmd_reset, "restore an exercise's stub (your code is backed up)").add_argument("exercise")
     badges = add("badges", cmd_badges, "write SVG badges and shields.io endpoint JSON")
     badges.add_argument("--out", type=lambda p: __import__("pathlib").Path(p), default=paths.ROOT / "badges")
@@ -236,10 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
         args.pytest_args = args.pytest_args[1:]
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
     except registry.RegistryError as err:
         print(f"kata: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kata hint | head` closed the pipe early: nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 1
 
 
 if __name__ == "__main__":

@@ -63,17 +63,27 @@ def doctor(reg: Registry) -> int:
     if not cuda.startswith("available"):
         print("  - checks marked gpu: no CUDA here" + (f" ({', '.join(marked['gpu'])})" if marked["gpu"] else ""))
     print("  - checks marked perf: they run only with `nox -s bench` (pytest -m perf)")
+    missing: list[str] = [] if cuda.startswith("available") else ["CUDA"]
     if _version("pytest-benchmark") is None:
-        print("    and pytest-benchmark is not installed: `pip install -e .[dev]`")
+        print("    and pytest-benchmark is not installed: `pip install -e '.[all]'`")
+        missing.append("pytest-benchmark")
     if _version("scipy") is None:
-        print("  - comparisons with scipy: scipy is not installed")
+        print("  - comparisons with scipy: scipy is not installed: `pip install -e '.[all]'`")
+        missing.append("scipy")
     for phase, extra in (("phase1", "torch"), ("phase2", "tokenizers"), ("phase3", "transformers")):
         if _version(extra) is None:
-            print(f"  - {phase} needs {extra}: `pip install -e .[{phase}]`")
+            print(f"  - {phase} needs {extra}: `pip install -e '.[{phase}]'`")
+            missing.append(extra)
+    missing += [f"the {name} corpus" for name in CORPORA if not _corpus(name).startswith("found")]
 
     problems = reg.problems()
     prog = progress.load(paths.progress_file())
     for problem in problems + prog.problems:
         print(f"! {problem}")
-    print("\nAll good." if not problems else "\nThe registry needs fixing (above).")
+    if problems:
+        print("\nThe registry needs fixing (above).")
+    elif missing:
+        print(f"\nReady, except for what needs {', '.join(missing)}: those checks are skipped (above says why).")
+    else:
+        print("\nAll good.")
     return 1 if problems else 0

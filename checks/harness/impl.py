@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from .registry import Kata
@@ -56,6 +58,43 @@ def load_kata_module(package: str, kata: Kata) -> ModuleType:
         raise ImplError(
             f"{name} raised {type(err).__name__} while being imported ({where.filename}, line {where.lineno}): {err}"
         ) from None
+
+
+HIDDEN_PACKAGES = ("reference", "checks")  # what a learner's own work may not use
+
+
+def _hidden(name: str) -> bool:
+    return name.split(".")[0] in HIDDEN_PACKAGES
+
+
+def borrowed(module: ModuleType) -> list[str]:
+    """Where a learner's module uses the hidden reference or the checks, e.g. ``line 3: import reference...``.
+
+    Both an import anywhere in the file (``import``, ``from ... import``, ``importlib.import_module`` or
+    ``__import__`` with a literal name) and a public name whose object was defined there count.
+    """
+    found: list[str] = []
+    try:
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, TypeError):
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = ast.unparse(node.func)
+            if func.endswith(("import_module", "__import__")) and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        if any(_hidden(n) for n in names):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    for name, obj in vars(module).items():
+        origin = getattr(obj, "__module__", None)
+        if not name.startswith("_") and isinstance(origin, str) and _hidden(origin):
+            found.append(f"{name} comes from {origin}")
+    return found
 
 
 def patched_reference(kata: Kata, replacements: dict[str, object], tag: str) -> ModuleType:

@@ -8,17 +8,26 @@ runs the maintainer's proof in the same session (see ``checks.harness.verify``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
+from functools import cached_property
 from pathlib import Path
 
 import pytest
 
 from . import paths, progress, registry
+from .brief import Brief, _relative, _within, describe, printed_tail
 from .catalogue import CatalogueError
-from .impl import REFERENCE, STUBS, ImplChoice, ImplError, load_kata_module, patched_reference
+from .impl import REFERENCE, STUBS, ImplChoice, ImplError, borrowed, load_kata_module, patched_reference
 from .outcomes import CRASHED, FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
+from .supervise import RunLog
+
+# In a learner's run, a check that is not marked slow gets this many seconds (the slowest takes under one
+# here), so that code that hangs is reported within seconds; plain pytest keeps the configured timeout.
+LEARNER_TIMEOUT = 10.0
+CAPTURED_KEEP = 4096  # of a check's captured output, the first and the last this many characters are kept
 
 EXERCISE = pytest.StashKey[registry.Exercise]()
 RESULT = pytest.StashKey[dict]()
@@ -60,6 +69,26 @@ class RunState:
         self.results: dict[str, CheckResult] = {}  # node id -> result, as reported (also by xdist workers)
         self.progress_update: progress.RunUpdate | None = None  # what this run wrote to progress.toml
         self.verify_report = None  # the verify.VerifyReport, under --kata-verify
+        self.learner = config.getoption("kata_learner") and not self.verify
+        self.brief = self.learner and config.get_verbosity() < 0  # the runner passes -qq unless -v was given
+        self.briefs: list[Brief] = []  # failing checks, for the short report
+        self.collect_errors: list[str] = []
+        self.learner_warnings: dict[str, int] = {}  # "file:line: Warning: message" -> times
+        self.timed_out: dict[str, str] = {}  # exercise id -> the check that ran out of time
+        self.skip_reasons: dict[str, int] = {}  # why checks were skipped -> how many
+        self.run_log = RunLog.from_env()
+
+    @cached_property
+    def learner_roots(self) -> tuple[Path, ...]:
+        """Where the code under test lives (``katas/``, or the ``--impl`` package's folders)."""
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(self.impl)
+        except (ImportError, ValueError):
+            spec = None
+        locations = list(spec.submodule_search_locations or ()) if spec else []
+        return tuple(Path(p).resolve() for p in locations) or (paths.KATAS_DIR.resolve(),)
 
     @property
     def writes_progress(self) -> bool:
@@ -93,6 +122,22 @@ class RunState:
             if key == "kata_result":
                 exercise, outcome, role, entry, duration = value
                 self.results[report.nodeid] = CheckResult(report.nodeid, exercise, outcome, role, entry, duration)
+            elif key == "kata_brief":
+                self.briefs.append(Brief.from_data(value))
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+            self.skip_reasons[reason] = self.skip_reasons.get(reason, 0) + 1
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid or 'collection'}: {report.longreprtext.strip()}")
+
+    def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
+        """Warnings raised in the learner's own code, counted for the short report (the rest is noise)."""
+        if self.brief and _within(warning_message.filename, self.learner_roots):
+            where = f"{_relative(warning_message.filename)}:{warning_message.lineno}"
+            text = f"{where}: {warning_message.category.__name__}: {warning_message.message}"
+            self.learner_warnings[text] = self.learner_warnings.get(text, 0) + 1
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,6 +169,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --kata-verify: run every check on every mistake, even after one check rejected it",
     )
     group.addoption("--no-progress", dest="kata_no_progress", action="store_true", help="do not write progress.toml")
+    group.addoption(
+        "--kata-learner",
+        dest="kata_learner",
+        action="store_true",
+        help="a learner's run (kata check): short reports unless -v, and a hang ends within seconds",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -214,9 +265,18 @@ def impl(request: pytest.FixtureRequest):
             if entry.is_mutant:
                 return mutated_reference(kata.id, entry.symbol, entry.replace)
             return patched_reference(kata, {entry.symbol: entry.obj}, f"{choice.role}_{entry.name}")
-        return load_kata_module(choice.package, kata)
+        module = load_kata_module(choice.package, kata)
     except (ImplError, CatalogueError) as err:
         pytest.fail(str(err), pytrace=False)
+    if choice.package != REFERENCE:
+        uses = borrowed(module)
+        if uses:
+            pytest.fail(
+                f"{_relative(module.__file__)} uses the hidden reference or the checks ({'; '.join(uses[:3])}). "
+                "Its checks only count for your own code: remove that and write it yourself.",
+                pytrace=False,
+            )
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +302,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             orphans.append(f"{item.nodeid}: {err}")
             continue
         item.stash[EXERCISE] = exercise
-        _short_todo_reports(item, exercise)
+        _short_reports(item, exercise, state.brief)
         choice = _choice(item)
         if choice.role == "mistake":
             item.add_marker(pytest.mark.filterwarnings("ignore"))  # wrong code warns (overflow, ...) by design
@@ -253,7 +313,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if wanted is not None and exercise.id not in wanted:
             dropped.append(item)
             continue
+        if state.learner and not item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(LEARNER_TIMEOUT))
         keep.append(item)
+    if not state.verify:  # quick checks first: a wrong answer or a hang shows before any training run starts
+        keep.sort(key=lambda item: bool(item.get_closest_marker("slow")))
     if orphans:
         raise pytest.UsageError("every check must map to an exercise of the registry:\n  " + "\n  ".join(orphans))
     if dropped:
@@ -263,17 +327,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:] = keep
 
 
-def _short_todo_reports(item: pytest.Item, exercise: registry.Exercise) -> None:
-    """Report an untouched stub's ``NotImplementedError`` in one line.
+def _short_reports(item: pytest.Item, exercise: registry.Exercise, brief: bool) -> None:
+    """Skip pytest's traceback formatting where nobody reads it.
 
-    pytest and hypothesis both format failures through ``item.repr_failure``; for a stub that
-    traceback tells the learner nothing, and formatting it is most of the time its checks take.
+    pytest and hypothesis both format failures through ``item.repr_failure``. For an untouched stub that
+    traceback tells the learner nothing, and under the short report (``brief``) the plugin describes the
+    failure itself; formatting tracebacks full of tensors is most of the time a failing check takes.
     """
     full_report = item.repr_failure
 
     def repr_failure(excinfo, *args, **kwargs):
         if is_not_implemented(excinfo.value):
             return f"{exercise.id} is not implemented yet. Write it, or run `kata hint {exercise.id}`."
+        if brief:
+            return f"{excinfo.typename}: {excinfo.value}"
         return full_report(excinfo, *args, **kwargs)
 
     item.repr_failure = repr_failure
@@ -307,12 +374,18 @@ def _perf_selected(config: pytest.Config) -> bool:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("perf") and not _perf_selected(item.config):
-        pytest.skip("performance benchmark: run it with `nox -s bench` (pytest -m perf)")
+    if item.get_closest_marker("perf"):
+        if not _perf_selected(item.config):
+            pytest.skip("a performance benchmark: `nox -s bench` runs them (or pytest -m perf)")
+        if "benchmark" in getattr(item, "fixturenames", ()) and importlib.util.find_spec("pytest_benchmark") is None:
+            pytest.skip("a performance benchmark, which needs pytest-benchmark: pip install -e '.[all]'")
     choice = _choice(item)
     if item.get_closest_marker("slow") and choice.role == "mistake":
         pytest.skip("slow checks prove the reference and the variants; every mistake must be caught by a fast one")
     state = _state(item.config)
+    stuck = state.timed_out.get(item.stash[EXERCISE].id) if EXERCISE in item.stash and not state.verify else None
+    if stuck:
+        pytest.skip(f"not run, because {stuck.split('::')[-1]} did not finish and this check calls the same code")
     if choice.role == "mistake" and state.skip_rejected and EXERCISE in item.stash:
         rejected_by = state.rejected.get((item.stash[EXERCISE].kata, choice.entry))
         if rejected_by:
@@ -380,8 +453,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         record["outcome"] = CRASHED
     elif outcome == SKIPPED and record["outcome"] == PASSED:
         record["outcome"] = SKIPPED
-    if outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut):
+    timed_out = outcome == FAILED and call.excinfo is not None and call.excinfo.errisinstance(CheckTimedOut)
+    if timed_out:
+        state.timed_out.setdefault(exercise.id, item.nodeid)
         report.sections.append(("kata", f"The code under test {call.excinfo.value}: look for a loop that never ends."))
+    if state.brief and outcome == FAILED and call.excinfo is not None:
+        brief = _brief(item, exercise, call.excinfo, report, state, timed_out)
+        report.user_properties.append(("kata_brief", brief.as_data()))
+    report.sections = [(title, _cap(content)) for title, content in report.sections]
     if report.when == "teardown":
         report.user_properties.append(
             ("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"]))
@@ -391,6 +470,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
         rewrite_report(report, choice, outcome, exercise)
     return report
+
+
+def _cap(content: str) -> str:
+    """A check's captured output, cut to its first and last few KB (a print in a loop can write megabytes)."""
+    if len(content) <= 2 * CAPTURED_KEEP:
+        return content
+    cut = len(content) - 2 * CAPTURED_KEEP
+    note = f"\n... [{cut} characters of output cut; the first and last {CAPTURED_KEEP} are shown] ...\n"
+    return content[:CAPTURED_KEEP] + note + content[-CAPTURED_KEEP:]
+
+
+def _brief(item: pytest.Item, exercise: registry.Exercise, excinfo, report, state: RunState, timed_out: bool) -> Brief:
+    exc = excinfo.value
+    assertion = isinstance(exc, AssertionError | pytest.fail.Exception) and report.when == "call"
+    if report.when == "setup" and isinstance(exc, pytest.fail.Exception):  # the impl fixture: import problems
+        lines = str(exc.msg).splitlines()
+    else:
+        lines = describe(exc, state.learner_roots, str(item.path), assertion=assertion)
+    if timed_out:
+        lines[0] = f"The code under test {exc}: look for a loop that never ends."
+    printed, total = printed_tail(report.sections)
+    return Brief(exercise.id, item.nodeid.split("::", 1)[-1], lines, printed, total)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    state = _state(item.config)
+    if state.run_log is not None and EXERCISE in item.stash:
+        state.run_log.write("start", item.stash[EXERCISE].id, item.nodeid)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None and state.run_log is not None and not hasattr(config, "workerinput"):
+        state.run_log.write("finished")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -415,8 +529,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         print_summary(terminalreporter, state)
         return
+    from .summary import print_brief_report, print_learner_summary
+
+    if state.brief:
+        print_brief_report(terminalreporter, state)
     if not state.results:
         return
-    from .summary import print_learner_summary
-
     print_learner_summary(terminalreporter, state, tally(state.results.values()))

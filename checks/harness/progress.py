@@ -69,9 +69,11 @@ class Change:
     exercise: str
     before: str
     after: str
+    first_pass: bool = False  # passed in this run and never before (or never since a reset)
 
     @property
     def newly_passed(self) -> bool:
+        """Passes now and did not on the last run (for the first time, or again after a failure)."""
         return self.after == PASSED and self.before != PASSED
 
 
@@ -216,11 +218,12 @@ def record_run(path: Path, registry: Registry, complete: Mapping[str, Iterable[C
             table["status"] = t.status
             table["checks_passed"] = t.counts[PASSED]
             table["checks_total"] = t.ran
-            if t.status == PASSED and before.first_passed is None:
+            first_pass = t.status == PASSED and before.first_passed is None
+            if first_pass:
                 table["first_passed"] = now
             table["last_run"] = now
             table["fingerprint"] = fingerprint(registry.kata_of(exercise).check_file, exercise.name)
-            changes.append(Change(exercise_id, before.status, t.status))
+            changes.append(Change(exercise_id, before.status, t.status, first_pass))
 
     progress = _edit(path, mutate)
     return RunUpdate(path, changes, progress.problems)
@@ -234,13 +237,14 @@ def record_hint(path: Path, exercise_id: str, shown: int) -> None:
 
 
 def reset_exercise(path: Path, exercise_id: str) -> None:
-    """Mark an exercise todo again (its hint count and first-passed date are history, and are kept)."""
+    """Mark an exercise todo again, as if never passed; the hint count is kept (hints seen stay seen)."""
 
     def mutate(doc, _progress):
         table = _table(doc, exercise_id)
         table["status"] = "todo"
         table["checks_passed"] = 0
         table.pop("fingerprint", None)
+        table.pop("first_passed", None)
 
     _edit(path, mutate)
 

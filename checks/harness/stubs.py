@@ -7,9 +7,11 @@ A stub keeps its signature and docstring; its body is exactly::
 
 The message names the stub itself, so a learner who calls it from elsewhere knows which one to write:
 another function of the same exercise says ``w01_numpy.logsumexp is not implemented yet (part of
-w01_numpy.log_softmax: try ...)``, and each method of a class exercise names ``Class.method``. Because the form is fixed,
-``kata reset`` can restore one exercise by rewriting only its bodies, and ``kata verify`` can prove
-that every stub is untouched and that stubs and reference expose the same API, all with ``ast``.
+w01_numpy.log_softmax: try ...)``, and each method of a class exercise names ``Class.method``.
+
+Because the form is fixed, ``kata reset`` can restore one exercise by rewriting only its bodies, and
+``kata verify`` can prove that every stub is untouched and that stubs and reference expose the same API,
+all with ``ast``.
 """
 
 from __future__ import annotations

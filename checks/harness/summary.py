@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .outcomes import ExerciseTally
+from .brief import MAX_LINES, render
+from .outcomes import ExerciseTally, tally
 
 SYMBOLS = {"passed": "✓", "failing": "✗", "todo": "·", "skipped": "-"}
 # for terminals that cannot show the others
@@ -17,6 +18,8 @@ def _symbols() -> dict[str, str]:
     except (UnicodeEncodeError, LookupError):
         return ASCII_SYMBOLS
     return SYMBOLS
+
+
 COLOURS = {"passed": {"green": True}, "failing": {"red": True}, "todo": {"yellow": True}, "skipped": {}}
 
 
@@ -35,8 +38,12 @@ def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
     update = state.progress_update
     if update is not None:
         for change in update.changes:
-            if change.newly_passed:
+            if change.first_pass:
                 tr.write_line(f"  {change.exercise} passed for the first time. Well done!", green=True, bold=True)
+                for line in after_lines(reg.exercise(change.exercise)):
+                    tr.write_line(f"  {line}")
+            elif change.newly_passed:
+                tr.write_line(f"  {change.exercise} passes again.", green=True)
         for problem in update.problems:
             tr.write_line(f"  ! {problem}", yellow=True)
         tr.write_line(f"  progress saved to {update.path}")
@@ -51,3 +58,36 @@ def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
         tr.write_line(f"Next: implement {unfinished.id} in {where}. Stuck? `kata hint {unfinished.id}`")
     else:
         tr.write_line(f"Next: fix {unfinished.id}; the failures above say what went wrong. `kata hint {unfinished.id}`")
+
+
+def after_lines(exercise) -> list[str]:
+    """What the learner just built and what to read next (shown on a first pass and with the solution)."""
+    return [exercise.after, *(f"Read next: {url}" for url in exercise.read)]
+
+
+def _summary_lines(state, tallies: dict[str, ExerciseTally]) -> int:
+    """How many lines print_learner_summary will take (so the failures fit in the rest)."""
+    update = state.progress_update
+    if update is None:
+        return 2 + len(tallies)
+    passes = sum(len(after_lines(state.registry.exercise(c.exercise))) + 1 for c in update.changes if c.first_pass)
+    again = sum(c.newly_passed and not c.first_pass for c in update.changes)
+    return 3 + len(tallies) + passes + again + len(update.problems)
+
+
+def print_brief_report(tr, state) -> None:
+    """The short report of a learner's run: each failing check in a few lines, within ``MAX_LINES``."""
+    for error in state.collect_errors:
+        tr.write_line(error.splitlines()[-1] if error.splitlines() else error, red=True)
+    budget = MAX_LINES - 2 - _summary_lines(state, tally(state.results.values())) - len(state.collect_errors)
+    warnings = sorted(state.learner_warnings.items(), key=lambda kv: -kv[1])[:2]
+    skips = sorted(state.skip_reasons.items(), key=lambda kv: -kv[1])[:3]
+    budget -= len(warnings) + len(skips)
+    more = "kata check " + (state.targets[0] if len(state.targets) == 1 else "all") + " -v"
+    cross = _symbols()["failing"]
+    for line in render(state.briefs, budget, more):
+        tr.write_line(line.replace("✗", cross, 1) if line.startswith("✗") else line, red=line.startswith("✗"))
+    for text, times in warnings:
+        tr.write_line(f"warning from your code, {times} time{'s' * (times > 1)}: {text}", yellow=True)
+    for reason, times in skips:
+        tr.write_line(f"{times} check{'s' * (times > 1)} skipped: {reason}")

@@ -1,9 +1,11 @@
 """``kata watch``: re-run the current exercise's checks every time a file is saved.
 
-The watching process imports pytest, hypothesis, numpy, torch and whatever else the kata's files
-import, once. Each re-check then runs in a forked child of that warm process: the child imports the
-learner's freshly saved module and exits, so nothing stale survives between runs and nothing heavy is
-imported twice. Where ``fork`` does not exist, each re-check is a fresh ``python -m pytest``.
+The watching process imports pytest, hypothesis, numpy, torch and whatever else the files of the
+current phase's katas import, once. Each re-check then runs in a forked child of that warm process: the
+child imports the learner's freshly saved module and exits, so nothing stale survives between runs and
+nothing heavy is imported twice. Where ``fork`` does not exist, each re-check is a fresh
+``python -m pytest``. Saving again while a check still runs (a loop that never ends, say) stops that run
+and starts over; the screen is cleared before each run unless ``--no-clear`` is given.
 
 File events come from ``watchfiles``. Where they do not arrive (some network drives, containers and
 WSL setups), ``--poll`` polls instead, and pressing Enter always re-runs by hand.
@@ -15,16 +17,15 @@ import ast
 import contextlib
 import importlib
 import io
-import os
 import queue
-import subprocess
 import sys
 import threading
 import time
 
 from . import paths, progress
 from .registry import Exercise, Registry
-from .runner import pytest_args, run_pytest
+from .runner import pytest_args, run_checks, run_pytest
+from .supervise import CANCELLED
 
 # Re-checks skip pytest's end-of-session garbage collection hunt for unraisable exceptions (~40 ms).
 FAST_ARGS = ("-p", "no:unraisableexception", "-p", "no:threadexception")
@@ -80,22 +81,9 @@ def _forget_kata_modules() -> None:
         del sys.modules[name]
 
 
-def run_once(args: list[str]) -> int:
-    """Run pytest on ``args`` in a forked child of this warm process (a subprocess without fork)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if not hasattr(os, "fork"):
-        return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=paths.ROOT)
-    pid = os.fork()
-    if pid == 0:  # the child: check, report, and leave without running the parent's cleanup
-        code = 1
-        try:
-            code = run_pytest([*args, *FAST_ARGS])
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+def run_once(args: list[str], cancel=None) -> int:
+    """Run pytest on ``args`` in a supervised child of this warm process; ``CANCELLED`` if ``cancel()`` stopped it."""
+    return run_checks([*args, *FAST_ARGS], cancel)
 
 
 def _watch_files(events: queue.Queue, stop: threading.Event, poll: bool) -> None:
@@ -122,7 +110,10 @@ def _current(reg: Registry, target: str | None) -> tuple[Exercise, ...]:
     return (upcoming,) if upcoming else ()
 
 
-def watch(reg: Registry, target: str | None, poll: bool = False) -> int:
+CLEAR_SCREEN = "\033[2J\033[3J\033[H"  # erase the screen and its scrollback, cursor to the top
+
+
+def watch(reg: Registry, target: str | None, poll: bool = False, clear: bool = True) -> int:
     try:
         exercises = _current(reg, target)
     except KeyError as err:
@@ -132,7 +123,8 @@ def watch(reg: Registry, target: str | None, poll: bool = False) -> int:
         print("Every exercise passes; nothing to watch.")
         return 0
     started = time.perf_counter()
-    warm_up(reg, reg.exercises if target is None else exercises)
+    phases = {reg.kata_of(e).phase for e in exercises}
+    warm_up(reg, tuple(e for e in reg.exercises if reg.kata_of(e).phase in phases))
     print(f"Warmed up in {time.perf_counter() - started:.1f} s.")
 
     events: queue.Queue[str] = queue.Queue()
@@ -140,18 +132,24 @@ def watch(reg: Registry, target: str | None, poll: bool = False) -> int:
     threading.Thread(target=_watch_files, args=(events, stop, poll), daemon=True).start()
     if sys.stdin.isatty():
         threading.Thread(target=_read_keys, args=(events,), daemon=True).start()
+    clear = clear and sys.stdout.isatty()
     try:
         while exercises:
+            if clear:
+                print(CLEAR_SCREEN, end="")
             names = ", ".join(e.id for e in exercises)
-            print(f"\n── checking {names} ──")
+            print(f"── checking {names} ──")
             started = time.perf_counter()
-            run_once(pytest_args(reg, exercises))
-            print(f"checked in {time.perf_counter() - started:.2f} s. Save a file to re-check; Enter re-runs, q quits.")
-            if target is None:
-                following = _current(reg, None)
-                if following != exercises:
-                    exercises = following
-                    continue
+            if run_once(pytest_args(reg, exercises), cancel=lambda: not events.empty()) == CANCELLED:
+                print("\n(stopped: a file changed, so the run starts over)")
+            else:
+                elapsed = time.perf_counter() - started
+                print(f"checked in {elapsed:.2f} s. Save a file to re-check; Enter re-runs, q quits.")
+                if target is None:
+                    following = _current(reg, None)
+                    if following != exercises:
+                        exercises = following
+                        continue
             if events.get() == "quit":
                 break
             while not events.empty():
