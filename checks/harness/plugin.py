@@ -4,6 +4,9 @@ It gives checks their ``impl`` and ``reference`` fixtures, validates that every 
 an exercise of the registry, classifies outcomes per exercise (todo / failing / passed), writes the
 learner's progress, prints a per-exercise summary with the next step and, under ``--kata-verify``,
 runs the maintainer's proof in the same session (see ``checks.harness.verify``).
+
+PYTEST_DONT_REWRITE: nothing here relies on assertion rewriting, and ``kata watch`` imports this module
+before pytest starts, which would otherwise make pytest warn on every re-check.
 """
 
 from __future__ import annotations

@@ -56,6 +56,15 @@ def test_the_readme_commands_exist():
             assert f"- {name} ->" in sessions.stdout or f"* {name} ->" in sessions.stdout
 
 
+def test_the_readme_learner_loop_lists_commands_that_exist():
+    readme = (paths.ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```text\n(kata status.*?)```", readme, flags=re.S)
+    commands = [re.split(r"\s{2,}", line.strip())[0] for line in block.splitlines() if line.startswith("kata ")]
+    assert {"kata check", "kata hint", "kata status", "kata watch"} <= set(commands)
+    for command in commands:
+        assert_command_exists(command)
+
+
 def test_numpy_only_katas_never_import_torch():
     code = "import sys, katas.phase1.w01_numpy, reference.phase1.w01_numpy; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True)
