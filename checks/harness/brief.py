@@ -41,7 +41,7 @@ class Brief:
         return cls(**data)
 
 
-def _relative(path: str | os.PathLike) -> str:
+def relative(path: str | os.PathLike) -> str:
     path = Path(path)
     try:
         return path.resolve().relative_to(paths.ROOT).as_posix()
@@ -53,7 +53,7 @@ def _cut(line: str) -> str:
     return line if len(line) <= LINE_CHARS else f"{line[:LINE_CHARS]} ... (cut: the line has {len(line)} characters)"
 
 
-def _within(path: str, roots: Sequence[Path]) -> bool:
+def within(path: str, roots: Sequence[Path]) -> bool:
     resolved = Path(path).resolve()
     return any(resolved == root or root in resolved.parents for root in roots)
 
@@ -72,7 +72,7 @@ def _frames(exc: BaseException) -> list[tuple[str, int, str]]:
 def _located(frame: tuple[str, int, str], prefix: str) -> list[str]:
     filename, lineno, function = frame
     statement = linecache.getline(filename, lineno).strip()
-    lines = [f"{prefix} {_relative(filename)}:{lineno}, in {function}:"]
+    lines = [f"{prefix} {relative(filename)}:{lineno}, in {function}:"]
     return lines + ([f"    {_cut(statement)}"] if statement else [])
 
 
@@ -114,7 +114,7 @@ def describe(exc: BaseException, learner_roots: Sequence[Path], check_file: str,
         return lines or ["the check failed without a message"]
     text = message.splitlines() or [""]
     lines = [_cut(f"{type(exc).__name__}: {text[0]}".rstrip(": ")), *map(_cut, text[1:3])]
-    mine = [f for f in frames if _within(f[0], learner_roots)]
+    mine = [f for f in frames if within(f[0], learner_roots)]
     if mine:
         lines += _located(mine[-1], "at")
     else:

@@ -234,9 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "target", nargs="?", help="w01_numpy.softmax, w01_numpy, phase1 or all (default: the current exercise)"
             )
-        command.add_argument(
-            "pytest_args", nargs=argparse.REMAINDER, help="-v for the full report; after --: pytest options"
-        )
+        command.add_argument("-v", "--verbose", action="store_true", help="pytest's full report, not the short one")
+        command.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options")
     hint = add("hint", cmd_hint, "show the next hint for an exercise")
     hint.add_argument("exercise", nargs="?", help="default: the current exercise")
     hint.add_argument("--all", action="store_true", help="show every hint at once")
@@ -264,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
         args.pytest_args = args.pytest_args[1:]
+    if (getattr(args, "target", None) or "").startswith("-"):  # `kata check -- -x`: no target, only pytest options
+        args.pytest_args = [args.target, *args.pytest_args]
+        args.target = None
+    if getattr(args, "verbose", False):
+        args.pytest_args = ["-v", *args.pytest_args]
     try:
         code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled

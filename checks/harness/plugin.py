@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from . import paths, progress, registry
-from .brief import Brief, _relative, _within, describe, printed_tail
+from .brief import Brief, describe, printed_tail, relative, within
 from .catalogue import CatalogueError
 from .impl import REFERENCE, STUBS, ImplChoice, ImplError, borrowed, load_kata_module, patched_reference
 from .outcomes import CRASHED, FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
@@ -137,8 +137,8 @@ class RunState:
 
     def pytest_warning_recorded(self, warning_message, when: str, nodeid: str, location) -> None:
         """Warnings raised in the learner's own code, counted for the short report (the rest is noise)."""
-        if self.brief and _within(warning_message.filename, self.learner_roots):
-            where = f"{_relative(warning_message.filename)}:{warning_message.lineno}"
+        if self.brief and within(warning_message.filename, self.learner_roots):
+            where = f"{relative(warning_message.filename)}:{warning_message.lineno}"
             text = f"{where}: {warning_message.category.__name__}: {warning_message.message}"
             self.learner_warnings[text] = self.learner_warnings.get(text, 0) + 1
 
@@ -275,7 +275,7 @@ def impl(request: pytest.FixtureRequest):
         uses = borrowed(module)
         if uses:
             pytest.fail(
-                f"{_relative(module.__file__)} uses the hidden reference or the checks ({'; '.join(uses[:3])}). "
+                f"{relative(module.__file__)} uses the hidden reference or the checks ({'; '.join(uses[:3])}). "
                 "Its checks only count for your own code: remove that and write it yourself.",
                 pytrace=False,
             )
