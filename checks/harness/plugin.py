@@ -426,6 +426,22 @@ def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
     return True
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """No hypothesis patch files in learner and verify runs.
+
+    For a failing example, hypothesis's pytest plugin writes a patch that adds it to the check's source
+    (``.hypothesis/patches``): nothing a learner should apply, and importing its source rewriter costs
+    more than half a second on every failing run.
+    """
+    try:
+        return (yield)
+    finally:
+        state = _state(item.config)
+        if state.learner or state.verify:
+            item.__dict__.pop("_hypothesis_failing_examples", None)
+
+
 def _phase_outcome(report: pytest.TestReport, call: pytest.CallInfo) -> str:
     if report.failed:
         return TODO if call.excinfo is not None and is_not_implemented(call.excinfo.value) else FAILED

@@ -593,8 +593,8 @@ def mlp_self_contained(params, x, y):
 # --------------------------------------------------------------------------- CharVocab
 
 
-@mistake("CharVocab", "orders the characters as list(set(text)) (seed): the order depends on the per-process "
-                      "hash seed, so ids change from run to run")
+@mistake("CharVocab", "orders the characters as list(set(text)) (the learning path's bug): the order depends "
+                      "on the per-process hash seed, so ids change from run to run")
 class CharVocabListSet(CharVocab):
     @classmethod
     def from_text(cls, text):

@@ -426,7 +426,8 @@ class GELUViaSigmoid(GELUFunction):
 # --- train_step ------------------------------------------------------------------------------------
 
 
-@mistake("train_step", "never calls zero_grad, so every step applies the sum of all gradients so far (seed-style loop)")
+@mistake("train_step", "never calls zero_grad, so every step applies the sum of all gradients so far (the "
+                       "learning path's loop with zero_grad left out)")
 def train_step_without_zero_grad(model, batch, optimizer, loss_fn):
     inputs, targets = batch
     model.train()

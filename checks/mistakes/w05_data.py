@@ -140,7 +140,8 @@ def _decorate(ax, title):
     ax.set_ylabel("Frequency")
 
 
-@mistake("plot_length_histogram", "calls plt.show() (the seed): blocks a script, warns or does nothing headless")
+@mistake("plot_length_histogram", "calls plt.show() (as the learning path's code did): blocks a script, warns or "
+         "does nothing headless")
 def plot_length_histogram_shows(lengths, bins=50, title="Distribution of Text Lengths"):
     values = _check_plot_input(lengths, bins)
     fig = Figure(figsize=(10, 6))
@@ -237,7 +238,8 @@ def plot_length_histogram_bar(lengths, bins=50, title="Distribution of Text Leng
 # --- TextDataset --------------------------------------------------------------------------------
 
 
-@mistake("TextDataset", "the seed: no length check, and indexes a pandas Series by label rather than by position")
+@mistake("TextDataset", "the learning path's code: no length check, and indexes a pandas Series by label rather "
+                        "than by position")
 class TextDatasetSeed(TextDataset):
     def __init__(self, texts, labels):
         self.texts = texts
@@ -527,7 +529,8 @@ def train_val_split_numpy(n, val_fraction=0.1, seed=0):
 # --- make_dataloader ----------------------------------------------------------------------------
 
 
-@mistake("make_dataloader", "the seed: DataLoader(shuffle=True) with no generator draws its order from the global RNG")
+@mistake("make_dataloader", "the learning path's code: DataLoader(shuffle=True) with no generator draws its order "
+                            "from the global RNG")
 def make_dataloader_global_rng(dataset, batch_size, shuffle=True, seed=0, collate_fn=None):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn)
 

@@ -524,7 +524,7 @@ class GRUCellPerGate(GRUCell):
 # LSTMWithAttention
 
 
-@mistake("LSTMWithAttention", "(seed) the learning path's model: nn.MultiheadAttention without batch_first=True reads "
+@mistake("LSTMWithAttention", "the learning path's model: nn.MultiheadAttention without batch_first=True reads "
                               "the (B, T, H) LSTM output as (T, B, H) and attends across the batch; and no causal mask")
 class LSTMWithAttentionSeed(LSTMWithAttention):
     def __init__(self, vocab_size, embedding_dim, hidden_dim, num_heads=8):
@@ -537,7 +537,8 @@ class LSTMWithAttentionSeed(LSTMWithAttention):
         return self.linear(attended)
 
 
-@mistake("LSTMWithAttention", "(seed) batch_first=True but no causal mask: position t attends to the tokens after it")
+@mistake("LSTMWithAttention", "batch_first=True but no causal mask (as in the learning path's model): position t "
+                              "attends to the tokens after it")
 class LSTMWithAttentionNoMask(LSTMWithAttention):
     def forward(self, x):
         lstm_out, _ = self.lstm(self.embedding(x))
@@ -936,14 +937,15 @@ def train_model_sums_batch_losses(model, dataloader, epochs=100, lr=1e-3, weight
     return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, reduce="sum")
 
 
-@mistake("train_model", "(seed) flattens the logits with .view(-1, V), which fails on non-contiguous outputs")
+@mistake("train_model", "flattens the logits with .view(-1, V) (as the learning path's code did), which fails on "
+                        "non-contiguous outputs")
 def train_model_seed_view(model, dataloader, epochs=100, lr=1e-3, weight_decay=0.01, max_norm=1.0,
                           warmup_steps=0, min_lr=0.0):
     return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, view=True)
 
 
-@mistake("train_model", "advances the schedule once per epoch (like the seed's CosineAnnealingLR) while total_steps "
-                        "counts batches, so the rate barely moves")
+@mistake("train_model", "advances the schedule once per epoch (like the learning path's CosineAnnealingLR) "
+                        "while total_steps counts batches, so the rate barely moves")
 def train_model_schedule_per_epoch(model, dataloader, epochs=100, lr=1e-3, weight_decay=0.01, max_norm=1.0,
                                    warmup_steps=0, min_lr=0.0):
     return _loop(model, dataloader, epochs, lr, weight_decay, max_norm, warmup_steps, min_lr, per_epoch_schedule=True)

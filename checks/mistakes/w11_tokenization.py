@@ -20,7 +20,7 @@ from reference.phase2.w11_tokenization import AdvancedTokenizer, BPETokenizer, N
 
 
 @mistake("AdvancedTokenizer", "lower-cases AFTER inserting the placeholders, so <URL> becomes <url> and is no "
-                              "longer a special token (the seed's bug)")
+                              "longer a special token (the learning path's bug)")
 class TokenizerLowercaseAfterPlaceholders(AdvancedTokenizer):
     def preprocess_text(self, text):
         text = re.sub(r"http\S+", "<URL>", text)
@@ -512,7 +512,8 @@ class NGramNested:
 # ---------------------------------------------------------------------------------------------------
 
 
-@mistake("calculate_perplexity", "divides by target.numel(), counting padding positions as tokens (the seed's bug)")
+@mistake("calculate_perplexity", "divides by target.numel(), counting padding positions as tokens (the learning "
+                                 "path's bug)")
 def perplexity_counts_padding(model, dataloader, ignore_index=-100):
     model.eval()
     total_loss, total_tokens = 0.0, 0

@@ -328,10 +328,10 @@ class SelfAttentionHeadsWithoutTranspose(SelfAttention):
         return self.out(out.reshape(B, T, E))
 
 
-@mistake("SelfAttention", "embed_dim not divisible by num_heads is not rejected in __init__ (seed: an unclear "
-         "view error later instead of a ValueError)")
+@mistake("SelfAttention", "embed_dim not divisible by num_heads is not rejected in __init__ (the learning "
+         "path's code gave an unclear view error later instead of a ValueError)")
 class SelfAttentionNoDivisibilityCheck(SelfAttention):
-    """The seed: head_dim = embed_dim // num_heads and an unclear crash later."""
+    """The learning path's code: head_dim = embed_dim // num_heads and an unclear crash later."""
 
     def __init__(self, embed_dim, num_heads, causal=False, dropout=0.0):
         nn.Module.__init__(self)
@@ -349,7 +349,8 @@ class SelfAttentionNoDivisibilityCheck(SelfAttention):
 def self_attention_accepts_zero_embed_dim(): ...
 
 
-@mistake("SelfAttention", "causal=True is ignored (the seed had no mask): outputs depend on future tokens")
+@mistake("SelfAttention", "causal=True is ignored (the learning path's code had no mask): outputs depend on "
+         "future tokens")
 class SelfAttentionNeverCausal(SelfAttention):
     def forward(self, x, key_padding_mask=None):
         causal, self.causal = self.causal, False
@@ -463,8 +464,8 @@ class SelfAttentionTorchSDPA(SelfAttention):
 # PositionalEncoding
 
 
-@mistake("PositionalEncoding", "crashes on an odd embed_dim (seed): there are ceil(E/2) frequencies but only "
-         "floor(E/2) cosine columns")
+@mistake("PositionalEncoding", "crashes on an odd embed_dim (as the learning path's code did): there are ceil(E/2) "
+         "frequencies but only floor(E/2) cosine columns")
 class PositionalEncodingSeed(PositionalEncoding):
     """The learning path's code as written (float32, cosines not cut for odd E)."""
 
@@ -479,8 +480,8 @@ class PositionalEncodingSeed(PositionalEncoding):
         self.register_buffer("pe", pe.unsqueeze(0))
 
 
-@mistake("PositionalEncoding", "the angles pos * freq are computed in float32 (the seed's arithmetic, fixed for odd "
-         "E): they drift by ~1e-4 at position 5000")
+@mistake("PositionalEncoding", "the angles pos * freq are computed in float32 (the learning path's arithmetic, fixed "
+         "for odd E): they drift by ~1e-4 at position 5000")
 class PositionalEncodingFloat32Angles(PositionalEncoding):
     def __init__(self, embed_dim, max_len=5000):
         nn.Module.__init__(self)
@@ -515,8 +516,9 @@ class PositionalEncodingWrongExponent(PositionalEncoding):
         self.pe = pe.unsqueeze(0).float()
 
 
-@mutant("PositionalEncoding", "an input longer than max_len is not rejected (seed: an unclear broadcasting "
-        "error instead of a ValueError)", replace={"if T > self.max_len:": "if T > self.max_len + 1:"})
+@mutant("PositionalEncoding", "an input longer than max_len is not rejected (the learning path's code gave an "
+        "unclear broadcasting error instead of a ValueError)",
+        replace={"if T > self.max_len:": "if T > self.max_len + 1:"})
 def positional_encoding_no_length_check(): ...
 
 
@@ -644,11 +646,12 @@ class TransformerBlockAlwaysPostNorm(TransformerBlock):
         return self.norm2(x + self.dropout(self.feed_forward(x)))
 
 
-@mistake("TransformerBlock", "causal is not passed on to the attention (seed: SelfAttention(embed_dim, num_heads))")
+@mistake("TransformerBlock", "causal is not passed on to the attention (the learning path's code builds "
+         "SelfAttention(embed_dim, num_heads))")
 class TransformerBlockNotCausal(TransformerBlock):
     def __init__(self, embed_dim, num_heads, ff_dim, dropout=0.1, norm_first=False, causal=False):
         super().__init__(embed_dim, num_heads, ff_dim, dropout, norm_first, causal)
-        self.attention = SelfAttention(embed_dim, num_heads, dropout=dropout)  # seed: causal never passed on
+        self.attention = SelfAttention(embed_dim, num_heads, dropout=dropout)  # learning path: causal not passed on
 
 
 @mutant("TransformerBlock", "the default dropout is 0.0 instead of the documented 0.1",

@@ -43,7 +43,7 @@ def _merge(attn, y):
 
 @mistake(
     "CausalSelfAttention",
-    "no causal mask (the seed's model): every position attends to the future, so training "
+    "no causal mask (the learning path's model): every position attends to the future, so training "
     "copies the next token from the input and generation is garbage",
 )
 class AttentionWithoutCausalMask(CausalSelfAttention):
@@ -100,8 +100,8 @@ def attention_without_weight_dropout(): ...
 
 @mistake(
     "Block",
-    "post-norm like the seed's TransformerBlock (LayerNorm after the residual addition) instead of "
-    "GPT-2's pre-norm x + attn(ln1(x))",
+    "post-norm like the learning path's TransformerBlock (LayerNorm after the residual addition) "
+    "instead of GPT-2's pre-norm x + attn(ln1(x))",
 )
 class PostNormBlock(Block):
     def forward(self, x):
@@ -307,7 +307,8 @@ def get_batch_unfold(data, block_size, batch_size, generator=None):
 # ---------------------------------------------------------------------------------------------------------
 
 
-@mistake("configure_optimizer", "decays everything (the seed's AdamW(model.parameters(), weight_decay=0.1))")
+@mistake("configure_optimizer", "decays everything (the learning path's AdamW(model.parameters(), "
+                                "weight_decay=0.1))")
 def configure_optimizer_decays_everything(model, lr, weight_decay, betas=(0.9, 0.95)):
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
 
@@ -447,8 +448,8 @@ def _generate(
 
 @mutant(
     "generate",
-    "stops when the sequence reaches max_len instead of cropping the context (the seed stopped at "
-    "1024), so it returns fewer tokens than asked",
+    "stops when the sequence reaches max_len instead of cropping the context (the learning path's "
+    "code stopped at 1024), so it returns fewer tokens than asked",
     replace={"for _ in range(max_new_tokens):": "for _ in range(min(max_new_tokens, model.max_len - idx.shape[1])):"},
 )
 def generate_stops_at_max_len(): ...
@@ -465,8 +466,8 @@ def generate_without_cropping(): ...
 
 @mutant(
     "generate",
-    "leaves the model in eval mode (the seed's self.eval() with no way back)",
-    replace={"model.train(was_training)  # the seed left the model in eval mode": "pass"},
+    "leaves the model in eval mode (the learning path's self.eval() with no way back)",
+    replace={"model.train(was_training)  # the learning path's code left the model in eval mode": "pass"},
 )
 def generate_leaves_eval_mode(): ...
 
@@ -486,7 +487,7 @@ def generate_restores_only_on_success(
 
 @mutant(
     "generate",
-    "samples from row 0 only (the seed's logits[0, -1, :]) and gives every row that distribution",
+    "samples from row 0 only (the learning path's logits[0, -1, :]) and gives every row that distribution",
     replace={"logits = model(context)[:, -1, :]": "logits = model(context)[:1, -1, :].expand(idx.shape[0], -1)"},
 )
 def generate_batch_of_one(): ...

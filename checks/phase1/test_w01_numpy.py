@@ -170,7 +170,9 @@ def test_softmax_default_axis_dtype_views_and_untouched_input(impl):
 @pytest.fixture(scope="module")
 def scipy_special():
     return pytest.importorskip(
-        "scipy.special", reason="SciPy is not installed: the comparison with scipy.special.logsumexp is skipped"
+        "scipy.special",
+        reason="SciPy is not installed, so the comparison with scipy.special.logsumexp is skipped "
+        "(pip install -e '.[all]' installs it)",
     )
 
 

@@ -158,8 +158,8 @@ def _load(net: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     except RuntimeError as err:
         raise AssertionError(
             f"Could not load the weights {sorted(weights)} into SimpleNet: {err}\n"
-            "Because SimpleNet must keep the seed's names: self.layer1 and self.layer2 as nn.Linear with bias "
-            "(their only parameters), self.relu for the activation."
+            "Because SimpleNet must keep the learning path's names: self.layer1 and self.layer2 as nn.Linear "
+            "with bias (their only parameters), self.relu for the activation."
         ) from None
 
 
@@ -185,7 +185,7 @@ def test_simplenet_structure(impl, n_in, n_hidden, n_out):
         layer = getattr(net, name, None)
         assert isinstance(layer, nn.Linear), (
             f"Called {call}. Its attribute `{name}` is {describe(layer)}, expected an nn.Linear, because the "
-            "checks load weights by the seed's names (layer1, relu, layer2)."
+            "checks load weights by the learning path's names (layer1, relu, layer2)."
         )
         assert (layer.in_features, layer.out_features) == (fan_in, fan_out) and layer.bias is not None, (
             f"Called {call}. `{name}` is {layer}, expected nn.Linear({fan_in}, {fan_out}) with a bias, because "
@@ -235,7 +235,7 @@ def test_simplenet_equals_hand_composition(impl, n_in, n_hidden, n_out, batch, s
     relu = getattr(net, "relu", None)
     assert callable(relu) and torch.equal(relu(probe.clone()), probe.clamp(min=0)), (
         f"Called {call}. Its attribute `relu` is {describe(relu)}; expected the ReLU activation (nn.ReLU()), "
-        "because the seed's SimpleNet names it self.relu."
+        "because the learning path's SimpleNet names it self.relu."
     )
 
 

@@ -1579,7 +1579,7 @@ def test_schedule_rejects_bad_arguments(impl, args, named):
 
 
 class _TinyLM(nn.Module):
-    """Embedding + Linear with NON-contiguous (B, T, V) logits (the seed's ``.view`` fails on them).
+    """Embedding + Linear with NON-contiguous (B, T, V) logits (the learning path's ``.view`` fails on them).
 
     It records the mode it was called in, to check that the loop trains in ``train()`` mode.
     """

@@ -126,7 +126,8 @@ def test_placeholders_survive_preprocessing(impl, text, expected):
     assert got == expected, (
         f"Called preprocess_text({text!r}). Returned {got!r}, expected {expected!r}, because the text is "
         "lower-cased BEFORE the placeholders go in (lower-casing afterwards turns <URL> into <url>, which is not a "
-        "special token: the seed's bug), and URLs are replaced first, so a URL right after '@' or '#' stays a URL."
+        "special token: the learning path's bug), and URLs are replaced first, so a URL right after '@' or '#' "
+        "stays a URL."
     )
 
 

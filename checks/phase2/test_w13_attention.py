@@ -889,12 +889,12 @@ def test_positional_encoding_odd_embed_dim(impl, embed_dim):
     call = f"PositionalEncoding({embed_dim}, max_len=6)(zeros of shape {tuple(x.shape)})"
     try:
         got = impl.PositionalEncoding(embed_dim, max_len=6)(x)
-    except NotImplementedError:  # a RuntimeError too, but it means "not written yet", not the seed's crash
+    except NotImplementedError:  # a RuntimeError too, but it means "not written yet", not the learning path's crash
         raise
     except (RuntimeError, IndexError) as err:
         raise AssertionError(
             f"Called {call}. It raised {type(err).__name__}: {err}\nBecause an odd E has ceil(E/2) sine columns but "
-            "only floor(E/2) cosine columns (the seed's bug): cut the cosines to E // 2 columns."
+            "only floor(E/2) cosine columns (the learning path's bug): cut the cosines to E // 2 columns."
         ) from None
     assert_close(got[1], torch.from_numpy(_sinusoids(6, embed_dim)), call=call, atol=PE_ATOL, rtol=0,
                  because="the last column of an odd E is a sine.")

@@ -399,7 +399,8 @@ def test_minigpt_is_causal(impl, config, seed, data):
         before[:, : t + 1],
         call=f"MiniGPT(**{config}) on two sequences that agree up to position {t} and differ after it",
         because=f"the logits at positions 0..{t} predict the next token from the past only; a model that "
-        "attends to the future (no causal mask, as in the seed) learns to copy the answer and generates garbage.",
+        "attends to the future (no causal mask, as in the learning path's model) learns to copy the answer and "
+        "generates garbage.",
         rtol=1e-7,
         atol=1e-9,
     )
@@ -898,7 +899,8 @@ def test_generate_greedy_crops_the_context_and_handles_batches(impl, reference, 
     assert isinstance(out, torch.Tensor) and out.shape == expected.shape, (
         f"Called {call}. Returned shape {tuple(getattr(out, 'shape', ()))}, expected {tuple(expected.shape)}. "
         "Because generation continues past max_len by cropping the context to its last max_len tokens; it never "
-        "stops early (the seed stopped at 1024) and it handles every row of the batch (the seed used row 0 only)."
+        "stops early (the learning path's code stopped at 1024) and it handles every row of the batch (that code "
+        "used row 0 only)."
     )
     if not torch.equal(out, expected):
         cause = likely_cause(
@@ -1045,8 +1047,8 @@ def test_generate_samples_each_row_from_its_own_extreme_logits(impl, seed):
             _expected_distribution(table[row], 1.5, top_k=8),
             f"generate(model whose row {row} has logits {np.round(table[row].numpy(), 1).tolist()}, 800 steps, "
             "temperature=1.5, top_k=8)",
-            "each row samples from its own logits (the seed read row 0 only), the softmax must subtract the max "
-            "(exp(1e4) overflows), and top_k counts vocabulary entries, not batch rows.",
+            "each row samples from its own logits (the learning path's code read row 0 only), the softmax must "
+            "subtract the max (exp(1e4) overflows), and top_k counts vocabulary entries, not batch rows.",
         )
 
 
@@ -1063,8 +1065,8 @@ def test_generate_samples_in_eval_mode_and_restores_the_mode(impl, reference, se
     modes = {m.training for m in model.modules()}
     assert modes == {training}, (
         f"Called generate on a model in {'train' if training else 'eval'} mode; afterwards its modules' training "
-        f"flags are {modes}. Because generate must put the model back in the mode it found it in (the seed left "
-        "it in eval mode, so training after sampling silently ran without dropout)."
+        f"flags are {modes}. Because generate must put the model back in the mode it found it in (the learning "
+        "path's code left it in eval mode, so training after sampling silently ran without dropout)."
     )
     assert torch.equal(out, expected), (
         f"Called generate(model with dropout=0.5 in {'train' if training else 'eval'} mode, idx, 6, temperature=0). "
