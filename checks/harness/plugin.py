@@ -388,7 +388,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     state = _state(item.config)
     stuck = state.timed_out.get(item.stash[EXERCISE].id) if EXERCISE in item.stash and not state.verify else None
     if stuck:
-        pytest.skip(f"not run, because {stuck.split('::')[-1]} did not finish and this check calls the same code")
+        hung = stuck.split("::")[-1]
+        pytest.skip(f"not run: {hung} did not finish, and the exercise's other checks call the same code")
     if choice.role == "mistake" and state.skip_rejected and EXERCISE in item.stash:
         rejected_by = state.rejected.get((item.stash[EXERCISE].kata, choice.entry))
         if rejected_by:
