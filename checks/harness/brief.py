@@ -22,6 +22,7 @@ MAX_LINES = 40  # the whole report a learner sees for a failing run, next step i
 BLOCK_LINES = 9  # one failing check: its name and up to eight lines about it
 LINE_CHARS = 240  # a longer line (a huge repr, say) is cut with a note
 PRINTED_LINES = 4  # the tail of what the learner's code printed, shown under the failure
+CAPTURED_KEEP = 4096  # of a check's captured output, the first and the last this many characters are kept
 
 
 @dataclass
@@ -122,6 +123,15 @@ def describe(exc: BaseException, learner_roots: Sequence[Path], check_file: str,
         if in_check:
             lines += _located(in_check[-1], "while the check ran")
     return lines + _example(exc)
+
+
+def cap_output(content: str) -> str:
+    """A check's captured output, cut to its first and last few KB (a print in a loop can write megabytes)."""
+    if len(content) <= 2 * CAPTURED_KEEP:
+        return content
+    cut = len(content) - 2 * CAPTURED_KEEP
+    note = f"\n... [{cut} characters of output cut; the first and last {CAPTURED_KEEP} are shown] ...\n"
+    return content[:CAPTURED_KEEP] + note + content[-CAPTURED_KEEP:]
 
 
 def printed_tail(sections: Iterable[tuple[str, str]]) -> tuple[list[str], int]:

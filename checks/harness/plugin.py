@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from . import paths, progress, registry
-from .brief import Brief, describe, printed_tail, relative, within
+from .brief import Brief, cap_output, describe, printed_tail, relative, within
 from .catalogue import CatalogueError
 from .impl import REFERENCE, STUBS, ImplChoice, ImplError, borrowed, load_kata_module, patched_reference
 from .outcomes import CRASHED, FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
@@ -30,7 +30,6 @@ from .supervise import RunLog
 # In a learner's run, a check that is not marked slow gets this many seconds (the slowest takes under one
 # here), so that code that hangs is reported within seconds; plain pytest keeps the configured timeout.
 LEARNER_TIMEOUT = 10.0
-CAPTURED_KEEP = 4096  # of a check's captured output, the first and the last this many characters are kept
 
 EXERCISE = pytest.StashKey[registry.Exercise]()
 RESULT = pytest.StashKey[dict]()
@@ -84,8 +83,6 @@ class RunState:
     @cached_property
     def learner_roots(self) -> tuple[Path, ...]:
         """Where the code under test lives (``katas/``, or the ``--impl`` package's folders)."""
-        import importlib.util
-
         try:
             spec = importlib.util.find_spec(self.impl)
         except (ImportError, ValueError):
@@ -480,7 +477,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if state.brief and outcome == FAILED and call.excinfo is not None:
         brief = _brief(item, exercise, call.excinfo, report, state, timed_out)
         report.user_properties.append(("kata_brief", brief.as_data()))
-    report.sections = [(title, _cap(content)) for title, content in report.sections]
+    report.sections = [(title, cap_output(content)) for title, content in report.sections]
     if report.when == "teardown":
         report.user_properties.append(
             ("kata_result", (exercise.id, record["outcome"], choice.role, choice.entry, record["duration"]))
@@ -490,15 +487,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
         rewrite_report(report, choice, outcome, exercise)
     return report
-
-
-def _cap(content: str) -> str:
-    """A check's captured output, cut to its first and last few KB (a print in a loop can write megabytes)."""
-    if len(content) <= 2 * CAPTURED_KEEP:
-        return content
-    cut = len(content) - 2 * CAPTURED_KEEP
-    note = f"\n... [{cut} characters of output cut; the first and last {CAPTURED_KEEP} are shown] ...\n"
-    return content[:CAPTURED_KEEP] + note + content[-CAPTURED_KEEP:]
 
 
 def _brief(item: pytest.Item, exercise: registry.Exercise, excinfo, report, state: RunState, timed_out: bool) -> Brief:

@@ -164,3 +164,9 @@ def test_a_closed_pipe_ends_quietly(project):
     stderr = process.stderr.read()
     process.wait(timeout=60)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_doctor_does_not_say_all_good_when_something_is_missing(project, tmp_path):
+    run = project.kata("doctor", KATA_DATA_DIR=str(tmp_path), HOME=str(tmp_path))
+    assert "All good." not in run.stdout
+    assert "Ready, except for what needs" in run.stdout and "the tinyshakespeare corpus" in run.stdout
