@@ -170,3 +170,13 @@ def test_doctor_does_not_say_all_good_when_something_is_missing(project, tmp_pat
     run = project.kata("doctor", KATA_DATA_DIR=str(tmp_path), HOME=str(tmp_path))
     assert "All good." not in run.stdout
     assert "Ready, except for what needs" in run.stdout and "the tinyshakespeare corpus" in run.stdout
+
+
+def test_an_error_against_an_expected_zero_is_given_as_absolute_only():
+    import numpy as np
+
+    from checks.numerics import error_report
+
+    message = error_report(np.array([1e-3, 0.5]), np.array([0.0, 0.5]), 1e-6, 1e-9)
+    assert "max abs error 0.001" in message and "rel. error" not in message
+    assert "rel. error 0.5" in error_report(np.array([1.5]), np.array([1.0]), 1e-6, 1e-9)
