@@ -15,6 +15,16 @@ PACKAGES = (
     "transformers", "peft", "sacrebleu", "pytest-benchmark", "pytest-xdist", "nox",
 )  # fmt: skip
 CORPORA = ("tinyshakespeare", "taylorswift")
+# The oldest releases the phase 3 katas are written for (their APIs changed in these majors).
+MINIMUM_VERSIONS = {"transformers": (5, 0), "peft": (0, 20), "tokenizers": (0, 20)}
+
+
+def _too_old(package: str, version: str) -> bool:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts) < MINIMUM_VERSIONS[package]
 
 
 def _version(package: str) -> str | None:
@@ -48,7 +58,12 @@ def _corpus(name: str) -> str:
 def doctor(reg: Registry) -> int:
     print(f"Python   {sys.version.split()[0]} on {platform.platform()}")
     for package in PACKAGES:
-        print(f"  {package:<17} {_version(package) or 'not installed'}")
+        version = _version(package)
+        note = ""
+        if version and package in MINIMUM_VERSIONS and _too_old(package, version):
+            wanted = ".".join(map(str, MINIMUM_VERSIONS[package]))
+            note = f"  (too old: the katas need {package} >= {wanted}; pip install -U '{package}>={wanted}')"
+        print(f"  {package:<17} {version or 'not installed'}{note}")
     cuda = _cuda()
     print(f"CUDA     {cuda}")
     profile = os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
@@ -58,11 +73,15 @@ def doctor(reg: Registry) -> int:
 
     print("\nWhat will be skipped here:")
     marked = {
-        m: [e.id for e in reg.exercises if m in e.markers or m in reg.kata_of(e).markers] for m in ("gpu", "perf")
+        m: [e.id for e in reg.exercises if m in e.markers or m in reg.kata_of(e).markers]
+        for m in ("gpu", "perf", "hub")
     }
     if not cuda.startswith("available"):
         print("  - checks marked gpu: no CUDA here" + (f" ({', '.join(marked['gpu'])})" if marked["gpu"] else ""))
     print("  - checks marked perf: they run only with `nox -s bench` (pytest -m perf)")
+    if os.environ.get("KATA_ALLOW_DOWNLOAD") != "1":
+        print("  - checks marked hub: only with real pre-trained weights in the Hugging Face cache "
+              "(or KATA_ALLOW_DOWNLOAD=1)")
     missing: list[str] = [] if cuda.startswith("available") else ["CUDA"]
     if _version("pytest-benchmark") is None:
         print("    and pytest-benchmark is not installed: `pip install -e '.[all]'`")

@@ -41,6 +41,7 @@ MARKERS = {
     "gpu": "needs CUDA; skipped with a reason otherwise",
     "perf": "pytest-benchmark performance check; runs only when selected with -m perf",
     "slow": "training loops and challenges; still part of kata verify",
+    "hub": "needs a real pre-trained model from the Hugging Face cache (or KATA_ALLOW_DOWNLOAD=1); skipped otherwise",
     "harness": "a test of the harness itself, not of a kata",
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import paths
 
-MARKERS = ("gpu", "perf", "slow")
+MARKERS = ("gpu", "perf", "slow", "hub")
 DIFFICULTIES = ("easy", "medium", "hard")
 MIN_HINTS, MAX_HINTS = 2, 4
 MAX_READ = 3
