@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from .brief import MAX_LINES, render
@@ -78,7 +79,8 @@ def _summary_lines(state, tallies: dict[str, ExerciseTally]) -> int:
 def print_brief_report(tr, state) -> None:
     """The short report of a learner's run: each failing check in a few lines, within ``MAX_LINES``."""
     for error in state.collect_errors:
-        tr.write_line(error.splitlines()[-1] if error.splitlines() else error, red=True)
+        for line in _collect_error_lines(error):
+            tr.write_line(line, red=True)
     budget = MAX_LINES - 2 - _summary_lines(state, tally(state.results.values())) - len(state.collect_errors)
     warnings = sorted(state.learner_warnings.items(), key=lambda kv: -kv[1])[:2]
     skips = sorted(state.skip_reasons.items(), key=lambda kv: -kv[1])[:3]
@@ -91,3 +93,17 @@ def print_brief_report(tr, state) -> None:
         tr.write_line(f"warning from your code, {times} time{'s' * (times > 1)}: {text}", yellow=True)
     for reason, times in skips:
         tr.write_line(f"{times} check{'s' * (times > 1)} skipped: {reason}")
+    if state.collect_errors and not state.results:
+        tr.write_line("Next: fix what is above (`kata doctor` shows what is installed), then check again.")
+
+
+def _collect_error_lines(error: str) -> list[str]:
+    """A check file that cannot be imported, in two lines: which, why, and for a missing package the fix."""
+    where, _, text = error.partition(": ")
+    last = text.strip().splitlines()[-1].removeprefix("E").strip() if text.strip() else "it failed to import"
+    lines = [f"{where} could not be loaded: {last}"]
+    missing = re.search(r"No module named '([^']+)'", last)
+    if missing:
+        package = missing.group(1).split(".")[0]
+        lines.append(f"  {package} is not installed: pip install -e '.[all]' installs what every kata needs")
+    return lines

@@ -181,3 +181,12 @@ def test_an_error_against_an_expected_zero_is_given_as_absolute_only():
     message = error_report(np.array([1e-3, 0.5]), np.array([0.0, 0.5]), 1e-6, 1e-9)
     assert "max abs error 0.001" in message and "rel. error" not in message
     assert "rel. error 0.5" in error_report(np.array([1.5]), np.array([1.0]), 1e-6, 1e-9)
+
+
+def test_a_check_file_that_cannot_load_says_what_is_missing(project):
+    check_file = "checks/phase1/test_w01_numpy.py"
+    project.write(check_file, "import a_package_nobody_installed\n" + project.read(check_file))
+    run = project.kata("check", SOFTMAX)
+    assert run.returncode != 0
+    assert f"{check_file} could not be loaded: ModuleNotFoundError" in run.stdout
+    assert "a_package_nobody_installed is not installed: pip install -e '.[all]'" in run.stdout
