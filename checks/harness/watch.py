@@ -33,44 +33,52 @@ FAST_ARGS = ("-p", "no:unraisableexception", "-p", "no:threadexception")
 SKIP_PREFIXES = ("katas", "reference", "checks.phase")
 
 
-def _imports_of(path) -> set[str]:
-    """Absolute module names imported at the top level of a file."""
+def _imports_of(path) -> set[tuple[str, str | None]]:
+    """``(module, name)`` for every absolute import anywhere in a file (``name`` for ``from module import name``).
+
+    Inside functions too: checks and solutions import heavy libraries (``transformers``, ``peft``) only where
+    they need them, so that a cold ``kata check`` of one exercise stays fast; a watching process pays once.
+    The name matters for packages that load lazily: ``import transformers`` does not import its ``Trainer``.
+    """
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError):
         return set()
-    names: set[str] = set()
-    for node in tree.body:
+    found: set[tuple[str, str | None]] = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            found.update((alias.name, None) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-    return names
+            found.update((node.module, alias.name) for alias in node.names)
+    return found
 
 
 def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
     """Import, in this process, everything the checks of ``exercises`` will need except learner code.
 
-    Besides the modules the kata's files import, one collect-only pytest run loads pytest's own
-    modules and plugins; the check modules it imported are then forgotten, so that every child
-    imports the current version of the checks and of the learner's code.
+    That is whatever the kata's check file, stub and reference import (the reference's imports say what a
+    finished solution will need; nothing of the reference itself is loaded). One collect-only pytest run
+    then loads pytest's own modules and plugins; the check modules it imported are forgotten again, so that
+    every child imports the current version of the checks and of the learner's code.
     """
-    modules = {
-        "pytest",
-        "hypothesis",
-        "checks.harness.plugin",
-        "checks.numerics",
-        "checks.strategies",
-        "checks.harness.catalogue",
+    wanted: set[tuple[str, str | None]] = {
+        (name, None)
+        for name in ("pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies")
     }
+    wanted.add(("checks.harness.catalogue", None))
     for kata in {reg.kata_of(e) for e in exercises}:
-        modules |= _imports_of(kata.check_file) | _imports_of(paths.module_file(paths.KATAS_DIR, kata.phase, kata.id))
-    for name in sorted(modules):
-        if not name.startswith(SKIP_PREFIXES):
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - a missing optional package shows up in the checks themselves
-                pass
+        for folder in (paths.KATAS_DIR, paths.REFERENCE_DIR):
+            wanted |= _imports_of(paths.module_file(folder, kata.phase, kata.id))
+        wanted |= _imports_of(kata.check_file)
+    for module, name in sorted(wanted, key=lambda pair: (pair[0], pair[1] or "")):
+        if module.startswith(SKIP_PREFIXES):
+            continue
+        try:
+            loaded = importlib.import_module(module)
+            if name is not None:
+                getattr(loaded, name, None)  # a lazily loaded attribute (transformers.Trainer) loads here
+        except Exception:  # noqa: BLE001 - a missing optional package shows up in the checks themselves
+            pass
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         run_pytest([*pytest_args(reg, exercises), "--collect-only"])
     _forget_kata_modules()

@@ -74,3 +74,15 @@ def test_saving_again_stops_a_run_that_hangs(project):
         process.terminate()
         process.wait(timeout=10)
     assert "Likely cause: exponentiates without subtracting the max" in "".join(seen)
+
+
+def test_watch_warms_imports_made_inside_functions_and_lazy_names(tmp_path):
+    from checks.harness.watch import _imports_of
+
+    source = tmp_path / "check.py"
+    source.write_text(
+        "import numpy as np\n\ndef test_x():\n    import peft\n    from transformers import Trainer\n"
+        "    from .local import thing\n",
+        encoding="utf-8",
+    )
+    assert _imports_of(source) == {("numpy", None), ("peft", None), ("transformers", "Trainer")}
