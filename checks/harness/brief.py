@@ -106,10 +106,11 @@ def describe(exc: BaseException, learner_roots: Sequence[Path], check_file: str,
     """
     exc = _innermost(exc)
     frames = _frames(exc)
+    check = Path(check_file).resolve()
+    in_check = [f for f in frames if Path(f[0]).resolve() == check]
     message = (getattr(exc, "msg", None) if not isinstance(exc, AssertionError) else None) or str(exc)
     if assertion:
         lines = [_cut(line) for line in message.splitlines()]
-        in_check = [f for f in frames if Path(f[0]).resolve() == Path(check_file).resolve()]
         if (not lines or message.startswith("DID NOT RAISE")) and in_check:
             lines += _located(in_check[-1], "in the check at")
         return lines or ["the check failed without a message"]
@@ -118,10 +119,8 @@ def describe(exc: BaseException, learner_roots: Sequence[Path], check_file: str,
     mine = [f for f in frames if within(f[0], learner_roots)]
     if mine:
         lines += _located(mine[-1], "at")
-    else:
-        in_check = [f for f in frames if Path(f[0]).resolve() == Path(check_file).resolve()]
-        if in_check:
-            lines += _located(in_check[-1], "while the check ran")
+    elif in_check:
+        lines += _located(in_check[-1], "while the check ran")
     return lines + _example(exc)
 
 

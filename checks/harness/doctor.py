@@ -16,15 +16,16 @@ PACKAGES = (
 )  # fmt: skip
 CORPORA = ("tinyshakespeare", "taylorswift")
 # The oldest releases the phase 3 katas are written for (their APIs changed in these majors).
-MINIMUM_VERSIONS = {"transformers": (5, 0), "peft": (0, 20), "tokenizers": (0, 20)}
+MINIMUM_VERSIONS = {"transformers": "5.0", "peft": "0.20", "tokenizers": "0.20"}
 
 
 def _too_old(package: str, version: str) -> bool:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts) < MINIMUM_VERSIONS[package]
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) < Version(MINIMUM_VERSIONS[package])
+    except InvalidVersion:
+        return False
 
 
 def _version(package: str) -> str | None:
@@ -61,7 +62,7 @@ def doctor(reg: Registry) -> int:
         version = _version(package)
         note = ""
         if version and package in MINIMUM_VERSIONS and _too_old(package, version):
-            wanted = ".".join(map(str, MINIMUM_VERSIONS[package]))
+            wanted = MINIMUM_VERSIONS[package]
             note = f"  (too old: the katas need {package} >= {wanted}; pip install -U '{package}>={wanted}')"
         print(f"  {package:<17} {version or 'not installed'}{note}")
     cuda = _cuda()

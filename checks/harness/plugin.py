@@ -538,10 +538,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
         print_summary(terminalreporter, state)
         return
-    from .summary import print_brief_report, print_learner_summary
+    from .summary import print_brief_report, print_learner_summary, summary_lines
 
+    lines = summary_lines(state, tally(state.results.values())) if state.results else []
     if state.brief:
-        print_brief_report(terminalreporter, state)
-    if not state.results:
-        return
-    print_learner_summary(terminalreporter, state, tally(state.results.values()))
+        print_brief_report(terminalreporter, state, reserved=len(lines) + 1 if lines else 0)
+    if lines:
+        print_learner_summary(terminalreporter, lines)

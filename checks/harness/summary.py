@@ -6,7 +6,7 @@ import re
 import sys
 
 from .brief import MAX_LINES, render
-from .outcomes import ExerciseTally, tally
+from .outcomes import ExerciseTally
 
 SYMBOLS = {"passed": "✓", "failing": "✗", "todo": "·", "skipped": "-"}
 # for terminals that cannot show the others
@@ -24,41 +24,49 @@ def _symbols() -> dict[str, str]:
 COLOURS = {"passed": {"green": True}, "failing": {"red": True}, "todo": {"yellow": True}, "skipped": {}}
 
 
-def print_learner_summary(tr, state, tallies: dict[str, ExerciseTally]) -> None:
+def summary_lines(state, tallies: dict[str, ExerciseTally]) -> list[tuple[str, dict]]:
+    """The kata summary as (text, terminal markup) lines: a row per exercise, progress, and the next step last."""
     reg = state.registry
     ordered = [e for e in reg.exercises if e.id in tallies]
-    tr.section("kata summary", sep="=", bold=True)
     width = max(len(e.id) for e in ordered)
     symbols = _symbols()
+    lines: list[tuple[str, dict]] = []
     for exercise in ordered:
         t = tallies[exercise.id]
         counts = f"{t.counts['passed']}/{t.ran} checks passed"
         if t.counts["skipped"]:
             counts += f", {t.counts['skipped']} skipped"
-        tr.write_line(f"  {symbols[t.status]} {exercise.id:<{width}}  {t.status:<8} {counts}", **COLOURS[t.status])
+        lines.append((f"  {symbols[t.status]} {exercise.id:<{width}}  {t.status:<8} {counts}", COLOURS[t.status]))
     update = state.progress_update
     if update is not None:
         for change in update.changes:
             if change.first_pass:
-                tr.write_line(f"  {change.exercise} passed for the first time. Well done!", green=True, bold=True)
-                for line in after_lines(reg.exercise(change.exercise)):
-                    tr.write_line(f"  {line}")
+                cheer = f"  {change.exercise} passed for the first time. Well done!"
+                lines.append((cheer, {"green": True, "bold": True}))
+                lines += [(f"  {line}", {}) for line in after_lines(reg.exercise(change.exercise))]
             elif change.newly_passed:
-                tr.write_line(f"  {change.exercise} passes again.", green=True)
-        for problem in update.problems:
-            tr.write_line(f"  ! {problem}", yellow=True)
-        tr.write_line(f"  progress saved to {update.path}")
+                lines.append((f"  {change.exercise} passes again.", {"green": True}))
+        lines += [(f"  ! {problem}", {"yellow": True}) for problem in update.problems]
+        lines.append((f"  progress saved to {update.path}", {}))
     unfinished = next((e for e in ordered if tallies[e.id].status in ("todo", "failing")), None)
     if unfinished is None and all(tallies[e.id].status == "skipped" for e in ordered):
-        tr.write_line("No check could run here; the skip reasons say why (`kata doctor` lists them).")
+        lines.append(("No check could run here; the skip reasons say why (`kata doctor` lists them).", {}))
     elif unfinished is None:
-        tr.write_line("Next: every exercise you checked passes. Run `kata next` for the next one.", green=True)
+        lines.append(("Next: every exercise you checked passes. Run `kata next` for the next one.", {"green": True}))
     elif tallies[unfinished.id].status == "todo":
         kata = reg.kata_of(unfinished)
         where = f"katas/{kata.phase}/{kata.id}.py"
-        tr.write_line(f"Next: implement {unfinished.id} in {where}. Stuck? `kata hint {unfinished.id}`")
+        lines.append((f"Next: implement {unfinished.id} in {where}. Stuck? `kata hint {unfinished.id}`", {}))
     else:
-        tr.write_line(f"Next: fix {unfinished.id}; the failures above say what went wrong. `kata hint {unfinished.id}`")
+        hint = f"`kata hint {unfinished.id}`"
+        lines.append((f"Next: fix {unfinished.id}; the failures above say what went wrong. {hint}", {}))
+    return lines
+
+
+def print_learner_summary(tr, lines: list[tuple[str, dict]]) -> None:
+    tr.section("kata summary", sep="=", bold=True)
+    for text, markup in lines:
+        tr.write_line(text, **markup)
 
 
 def after_lines(exercise) -> list[str]:
@@ -66,22 +74,13 @@ def after_lines(exercise) -> list[str]:
     return [exercise.after, *(f"Read next: {url}" for url in exercise.read)]
 
 
-def _summary_lines(state, tallies: dict[str, ExerciseTally]) -> int:
-    """How many lines print_learner_summary will take (so the failures fit in the rest)."""
-    update = state.progress_update
-    if update is None:
-        return 2 + len(tallies)
-    passes = sum(len(after_lines(state.registry.exercise(c.exercise))) + 1 for c in update.changes if c.first_pass)
-    again = sum(c.newly_passed and not c.first_pass for c in update.changes)
-    return 3 + len(tallies) + passes + again + len(update.problems)
-
-
-def print_brief_report(tr, state) -> None:
-    """The short report of a learner's run: each failing check in a few lines, within ``MAX_LINES``."""
+def print_brief_report(tr, state, reserved: int) -> None:
+    """The short report of a learner's run: each failing check in a few lines, within ``MAX_LINES`` in all
+    (``reserved`` of them are the kata summary that follows, its header included)."""
     for error in state.collect_errors:
         for line in _collect_error_lines(error):
             tr.write_line(line, red=True)
-    budget = MAX_LINES - 2 - _summary_lines(state, tally(state.results.values())) - len(state.collect_errors)
+    budget = MAX_LINES - 2 - reserved - len(state.collect_errors)  # 2: pytest's progress line, one spare
     warnings = sorted(state.learner_warnings.items(), key=lambda kv: -kv[1])[:2]
     skips = sorted(state.skip_reasons.items(), key=lambda kv: -kv[1])[:3]
     budget -= len(warnings) + len(skips)

@@ -35,14 +35,14 @@ def _bar(done: int, total: int, plain: bool) -> str:
     return full * filled + empty * (BAR_WIDTH - filled)
 
 
-def _exercise_table(reg: Registry, prog: progress.Progress, exercises, out: Console) -> Table:
+def _exercise_table(prog: progress.Progress, statuses: dict[str, str], exercises, out: Console) -> Table:
     plain = not out.is_terminal
     table = Table(box=None if plain else box.SIMPLE, show_edge=False, show_header=False, padding=(0, 1, 0, 4))
     wide = out.width >= 110  # the date column only where it leaves room for the titles
     for column in ("", "exercise", "title", "status", "checks", *(("first passed",) if wide else ())):
         table.add_column(column, no_wrap=column != "title", min_width=16 if column == "title" else None)
     for exercise in exercises:
-        status = progress.effective_status(reg, prog, exercise)
+        status = statuses[exercise.id]
         entry = prog.of(exercise.id)
         checks = f"{entry.checks_passed}/{entry.checks_total}" if entry.checks_total else ""
         first = entry.first_passed.strftime("%Y-%m-%d") if entry.first_passed else ""
@@ -86,7 +86,7 @@ def print_status(
             )
             out.print(line, style=style)
             if every_exercise or kata.id == current_kata:
-                out.print(_exercise_table(reg, prog, kata.exercises, out))
+                out.print(_exercise_table(prog, statuses, kata.exercises, out))
     done = sum(status == "passed" for status in statuses.values())
     out.print(f"{done} of {len(statuses)} exercises passed.", markup=False)
     stale = [e for e, status in statuses.items() if status == "stale"]

@@ -61,11 +61,8 @@ def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
     then loads pytest's own modules and plugins; the check modules it imported are forgotten again, so that
     every child imports the current version of the checks and of the learner's code.
     """
-    wanted: set[tuple[str, str | None]] = {
-        (name, None)
-        for name in ("pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies")
-    }
-    wanted.add(("checks.harness.catalogue", None))
+    harness = ("pytest", "hypothesis", "checks.harness.plugin", "checks.numerics", "checks.strategies")
+    wanted: set[tuple[str, str | None]] = {(name, None) for name in (*harness, "checks.harness.catalogue")}
     for kata in {reg.kata_of(e) for e in exercises}:
         for folder in (paths.KATAS_DIR, paths.REFERENCE_DIR):
             wanted |= _imports_of(paths.module_file(folder, kata.phase, kata.id))
