@@ -1,4 +1,4 @@
-"""Real pre-trained models for the optional ``hub`` checks, from the local Hugging Face cache.
+"""Hugging Face models in the checks: real pre-trained ones for the optional ``hub`` checks, and a warm-up.
 
 Every other check builds tiny random models from configs and needs no network. A ``hub`` check compares the
 learner's code with a real model (GPT-2's 124M weights, say) when those weights are already in the local
@@ -27,3 +27,20 @@ def pretrained_or_skip(name: str) -> str:
             f"the real {name} weights are not in the Hugging Face cache ({type(err).__name__}); "
             f"set KATA_ALLOW_DOWNLOAD=1 to download them, or run `hf download {name}`"
         )
+
+
+def warm_up_saving() -> None:
+    """Save and reload a tiny GPT-2 once, so that ``kata watch``'s re-checks find transformers ready.
+
+    The first ``save_pretrained``/``from_pretrained`` in a process compiles the library's weight-renaming
+    patterns (about 0.15 s); a check file calls this from its ``warm_up()``.
+    """
+    import tempfile
+
+    from transformers import GPT2Config
+    from transformers.models.gpt2 import GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=8, n_positions=4, n_embd=4, n_layer=1, n_head=1, bos_token_id=0, eos_token_id=0)
+    with tempfile.TemporaryDirectory() as folder:
+        GPT2LMHeadModel(config).save_pretrained(folder)
+        GPT2LMHeadModel.from_pretrained(folder)

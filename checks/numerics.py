@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from checks.harness.catalogue import mistakes_for
+from checks.harness.catalogue import mistakes_within
 
 
 def describe(value: Any) -> str:
@@ -88,6 +88,9 @@ def likely_cause(
 ) -> str | None:
     """The ``because`` of the catalogued mistake of ``symbol`` that reproduces what the learner's code did.
 
+    Mistakes in the parts ``symbol`` is built from count too: for a GPT-2 model, a mistaken MLP is tried
+    as the reference GPT-2 built with that MLP.
+
     ``run(candidate)`` repeats, with a catalogued mistake in place of the learner's function or class, the
     very call (or construction, training, sampling ...) whose result was wrong; for a function that is
     ``lambda f: f(*args, **kwargs)``, for a module ``lambda cls: cls(...)(x)``. ``run`` must work on fresh
@@ -99,11 +102,11 @@ def likely_cause(
     """
     if _shrinking():
         return None
-    for entry in mistakes_for(kata, symbol):
+    for entry in mistakes_within(kata, symbol):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # wrong code warns (overflow, ...) by design
-                candidate = run(entry.implementation())
+                candidate = run(entry.implementation(symbol))
                 if matches is not None:
                     same = matches(candidate)
                 else:

@@ -65,8 +65,19 @@ class Entry:
     def is_mutant(self) -> bool:
         return bool(self.replace)
 
-    def implementation(self) -> Any:
-        """The replacement object: the entry itself, or the mutant built from the edited reference."""
+    def implementation(self, symbol: str | None = None) -> Any:
+        """The replacement object: the entry itself, or the mutant built from the edited reference.
+
+        With ``symbol`` (a class or function that uses the entry's symbol, such as a model built of the
+        mistaken block), the reference's ``symbol`` with this entry in place of the part it replaces.
+        """
+        if symbol is not None and symbol != self.symbol:
+            if self.is_mutant:
+                return getattr(mutated_reference(self.kata, self.symbol, self.replace), symbol)
+            from .impl import patched_reference
+            from .registry import load
+
+            return getattr(patched_reference(load().kata(self.kata), {self.symbol: self.obj}, self.name), symbol)
         if not self.is_mutant:
             return self.obj
         return getattr(mutated_reference(self.kata, self.symbol, self.replace), self.symbol)
@@ -126,6 +137,41 @@ def mistakes_for(kata: str, symbol: str) -> list[Entry]:
     return [e for e in catalogue(kata) if e.kind == "mistake" and e.symbol == symbol]
 
 
+def mistakes_within(kata: str, symbol: str) -> list[Entry]:
+    """The mistakes of ``symbol`` first, then those of the parts it is built from in the same exercise.
+
+    A GPT-2 exercise whose model is built of an ``MLP`` class gets the MLP's mistakes too. A part with an
+    exercise of its own (the optimizer a training loop uses) is left out: its own checks name its mistakes.
+    """
+    from .registry import load
+
+    exercise = next((e for e in load().exercises if e.kata == kata and symbol in e.symbols), None)
+    parts = parts_of(kata, symbol) & set(exercise.symbols if exercise else ())
+    return mistakes_for(kata, symbol) + [e for e in catalogue(kata) if e.kind == "mistake" and e.symbol in parts]
+
+
+@functools.cache
+def parts_of(kata: str, symbol: str) -> frozenset[str]:
+    """The reference's top-level functions and classes that ``symbol`` uses, directly or through each other."""
+    tree = ast.parse(_reference_source(kata))
+    definitions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    found: set[str] = set()
+    pending = [symbol]
+    while pending:
+        node = definitions.get(pending.pop())
+        if node is None:
+            continue
+        for name in _names_used(node) & definitions.keys():
+            if name not in found and name != symbol:
+                found.add(name)
+                pending.append(name)
+    return frozenset(found)
+
+
 def _reference_module_name(kata: str) -> str:
     from .registry import load
 
@@ -143,6 +189,22 @@ def symbol_source_span(source: str, symbol: str) -> tuple[int, int]:
             end = sum(len(line) for line in lines[: node.end_lineno])
             return start, end
     raise CatalogueError(f"the reference has no top-level function or class {symbol!r}")
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    """The names ``node``'s code reads; type annotations are documentation, not use."""
+    names: set[str] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ast.Name):
+            names.add(current.id)
+        for field_name, value in ast.iter_fields(current):
+            if field_name in ("annotation", "returns"):
+                continue
+            children = value if isinstance(value, list) else [value]
+            pending.extend(child for child in children if isinstance(child, ast.AST))
+    return names
 
 
 def mutant_problems(entry: Entry) -> list[str]:

@@ -78,7 +78,23 @@ def warm_up(reg: Registry, exercises: tuple[Exercise, ...]) -> None:
             pass
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         run_pytest([*pytest_args(reg, exercises), "--collect-only"])
+        for module in [m for name, m in sys.modules.items() if name.startswith("checks.phase")]:
+            _call_warm_up(module)
     _forget_kata_modules()
+
+
+def _call_warm_up(check_module) -> None:
+    """Run a check file's ``warm_up()``, if it has one: one-time library costs that every re-check would pay.
+
+    Loading saved Hugging Face models, for instance, first compiles about a thousand weight-name patterns
+    (0.15 s); paid here once, no re-check pays it again.
+    """
+    warm = getattr(check_module, "warm_up", None)
+    if callable(warm):
+        try:
+            warm()
+        except Exception:  # noqa: BLE001 - a warm-up is an optimisation; the checks report real problems
+            pass
 
 
 def _forget_kata_modules() -> None:

@@ -45,6 +45,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from checks.hub import pretrained_or_skip
+from checks.hub import warm_up_saving as warm_up  # noqa: F401 - kata watch runs it once, before the first re-check
 from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, seeded, seeds
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from checks.harness import paths
-from checks.harness.catalogue import CatalogueError, Entry, mutant_problems, mutated_reference
+from checks.harness.catalogue import CatalogueError, Entry, catalogue, mutant_problems, mutated_reference, parts_of
 from checks.harness.verify import is_catch
 
 ASSERTIONS = (AssertionError, pytest.fail.Exception)
@@ -33,6 +33,23 @@ def test_a_mutant_whose_edit_no_longer_applies_is_reported():
         mutated_reference("w01_numpy", "softmax", (("no such text", "x"),))
     missing = Entry("mistake", "w01_numpy", "no_such_symbol", "missing", "?", None, (("a", "b"),))
     assert "no_such_symbol" in mutant_problems(missing)[0]
+
+
+def test_a_symbol_is_built_of_the_functions_and_classes_its_code_uses():
+    assert parts_of("w01_numpy", "log_softmax") == {"logsumexp"}
+    assert parts_of("w01_numpy", "softmax") == set()
+    assert "GRUCell" not in parts_of("w09_training", "_check_cell_input")  # named in an annotation only
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the mistake overflows, as intended
+def test_likely_cause_names_a_mistake_in_a_part_of_the_symbol():
+    from checks.numerics import likely_cause
+
+    x = np.array([[0.0, 800.0]])
+    with np.errstate(over="ignore"):
+        learners = x - np.log(np.sum(np.exp(x), axis=-1, keepdims=True))  # logsumexp without the max shift
+    cause = likely_cause("w01_numpy", "log_softmax", lambda f: f(x.copy()), learners)
+    assert cause == next(e.because for e in catalogue("w01_numpy") if e.name == "logsumexp_without_max")
 
 
 def _raiser(directory, name: str, body: str):
