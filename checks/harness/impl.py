@@ -3,6 +3,11 @@
 ``--impl NAME`` names any importable package that mirrors the layout (``NAME.phase1.w01_numpy`` ...):
 ``katas`` (the learner's stubs), ``reference``, or a package of one's own. ``kata verify`` also builds
 *patched* copies of the reference in which one symbol is swapped for a catalogued mistake or variant.
+
+Every choice has a spelling as a string (``katas``, ``reference``,
+``reference+mistake:w21_alignment:ddp_sums_gradients``), so that a process a check starts (a
+distributed worker, a server) loads the very code under test: the checks pass it on in the ``KATA_IMPL``
+environment variable, and ``load_spec`` turns it back into the module.
 """
 
 from __future__ import annotations
@@ -37,6 +42,45 @@ class ImplChoice:
     @property
     def label(self) -> str:
         return f"{self.role}={self.entry}" if self.entry else self.role
+
+    def spec(self, kata: str) -> str:
+        """This choice for ``kata`` as a string any process can load with ``load_spec``."""
+        return f"{self.package}+{self.role}:{kata}:{self.entry}" if self.entry else self.package
+
+
+IMPL_ENV = "KATA_IMPL"  # how a check hands the code under test to the processes it starts
+
+
+def load_choice(choice: ImplChoice, kata: Kata) -> ModuleType:
+    """The module ``choice`` stands for: a package's kata module, or the reference with an entry swapped in."""
+    if choice.role in ("mistake", "variant"):
+        from .catalogue import CatalogueError, catalogue, mutated_reference
+
+        entry = next((e for e in catalogue(kata.id) if e.name == choice.entry and e.kind == choice.role), None)
+        if entry is None:
+            raise ImplError(f"{kata.id} has no catalogued {choice.role} named {choice.entry!r}")
+        try:
+            if entry.is_mutant:
+                return mutated_reference(kata.id, entry.symbol, entry.replace)
+            return patched_reference(kata, {entry.symbol: entry.obj}, f"{choice.role}_{entry.name}")
+        except CatalogueError as err:
+            raise ImplError(str(err)) from None
+    return load_kata_module(choice.package, kata)
+
+
+def load_spec(spec: str, kata: Kata) -> ModuleType:
+    """The module a ``ImplChoice.spec`` string names, for ``kata``: ``katas``, ``reference``,
+    ``reference+mistake:KATA:NAME`` or ``reference+variant:KATA:NAME``."""
+    package, _, entry = spec.partition("+")
+    if not entry:
+        return load_choice(ImplChoice(package), kata)
+    role, _, rest = entry.partition(":")
+    entry_kata, _, name = rest.partition(":")
+    if role not in ("mistake", "variant") or not name:
+        raise ImplError(f"{IMPL_ENV}={spec!r} is not PACKAGE or PACKAGE+mistake:KATA:NAME or PACKAGE+variant:KATA:NAME")
+    if entry_kata != kata.id:
+        raise ImplError(f"{IMPL_ENV}={spec!r} names an entry of {entry_kata}, not of {kata.id}")
+    return load_choice(ImplChoice(package, role, name), kata)
 
 
 def load_kata_module(package: str, kata: Kata) -> ModuleType:

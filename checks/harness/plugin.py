@@ -23,8 +23,7 @@ import pytest
 
 from . import paths, progress, registry
 from .brief import Brief, cap_output, describe, printed_tail, relative, within
-from .catalogue import CatalogueError
-from .impl import REFERENCE, STUBS, ImplChoice, ImplError, borrowed, load_kata_module, patched_reference
+from .impl import REFERENCE, STUBS, ImplChoice, ImplError, borrowed, load_choice, load_kata_module
 from .outcomes import CRASHED, FAILED, PASSED, SKIPPED, TODO, CheckResult, is_not_implemented, tally
 from .supervise import RunLog
 
@@ -260,17 +259,10 @@ def impl(request: pytest.FixtureRequest):
     kata = state.registry.kata(request.node.get_closest_marker("kata").args[0])
     choice = getattr(request, "param", None) or ImplChoice(state.impl)
     try:
-        if choice.role in ("mistake", "variant"):
-            from .catalogue import catalogue, mutated_reference
-
-            entry = next(e for e in catalogue(kata.id) if e.name == choice.entry)
-            if entry.is_mutant:
-                return mutated_reference(kata.id, entry.symbol, entry.replace)
-            return patched_reference(kata, {entry.symbol: entry.obj}, f"{choice.role}_{entry.name}")
-        module = load_kata_module(choice.package, kata)
-    except (ImplError, CatalogueError) as err:
+        module = load_choice(choice, kata)
+    except ImplError as err:
         pytest.fail(str(err), pytrace=False)
-    if choice.package != REFERENCE:
+    if choice.role not in ("mistake", "variant") and choice.package != REFERENCE:
         uses = borrowed(module)
         if uses:
             pytest.fail(
@@ -278,6 +270,7 @@ def impl(request: pytest.FixtureRequest):
                 "Its checks only count for your own code: remove that and write it yourself.",
                 pytrace=False,
             )
+    module.__kata_impl__ = choice.spec(kata.id)  # what the processes a check starts load (checks.processes)
     return module
 
 
