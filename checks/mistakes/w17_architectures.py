@@ -66,6 +66,23 @@ def count_papers_formula(config):
     return int((config.vocab_size + config.n_positions) * E + L * block + 2 * E + head)
 
 
+@mutant("count_gpt2_parameters", "an untied lm_head is counted with a bias of V entries; GPT-2's output head has none",
+        replace={"total += V * E  # an untied": "total += V * E + V  # an untied"})
+def count_untied_head_with_bias(): ...
+
+
+@mutant("count_gpt2_parameters", "a config without tie_word_embeddings is taken as untied; the default is True",
+        replace={'getattr(config, "tie_word_embeddings", True)': 'getattr(config, "tie_word_embeddings", False)'})
+def count_untied_by_default(): ...
+
+
+@mistake("count_gpt2_parameters", "fills in config.n_inner = 4 * n_embd on the caller's config when it is None")
+def count_fills_in_the_config(config):
+    if config.n_inner is None:
+        config.n_inner = 4 * config.n_embd
+    return ref.count_gpt2_parameters(config)
+
+
 # --------------------------------------------------------------------------------------------------
 # GPT2 + load_hf_state_dict
 
@@ -335,6 +352,98 @@ class BlockExplicit(ref.Block):
         return residual + self.mlp(self.ln_2(residual))
 
 
+@mutant("GPT2", "the final LayerNorm ln_f ignores config.layer_norm_epsilon (nanoGPT's LayerNorm has a fixed 1e-5)",
+        replace={'"ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)':
+                 '"ln_f": nn.LayerNorm(config.n_embd)'})
+def gpt2_final_norm_default_eps(): ...
+
+
+@mutant("GPT2", "a sequence of exactly n_positions tokens is rejected (T >= n_positions instead of T > n_positions)",
+        replace={"if T > self.config.n_positions:": "if T >= self.config.n_positions:"})
+def gpt2_longest_sequence_rejected(): ...
+
+
+@mutant("GPT2", "the position embedding wpe keeps the original TensorFlow GPT-2's std 0.01, not initializer_range",
+        replace={"self.apply(self._init_weights)":
+                 "self.apply(self._init_weights)\n"
+                 "        nn.init.normal_(self.transformer.wpe.weight, mean=0.0, std=0.01)"})
+def gpt2_position_init_std(): ...
+
+
+@mutant("GPT2", "only the attention c_proj gets std initializer_range / sqrt(2 n_layer); the MLP's c_proj does not",
+        replace={'if name.endswith("c_proj.weight"):': 'if name.endswith("attn.c_proj.weight"):'})
+def gpt2_scaled_init_attention_only(): ...
+
+
+@mutant("CausalSelfAttention", "dropout on the attention output (weights @ v) instead of on the attention weights",
+        replace={"weights = self.attn_dropout(torch.softmax(scores, dim=-1))":
+                 "weights = torch.softmax(scores, dim=-1)",
+                 "y = (weights @ v).transpose(1, 2)": "y = self.attn_dropout(weights @ v).transpose(1, 2)"})
+def gpt2_dropout_after_values(): ...
+
+
+@mutant("CausalSelfAttention", "the causal mask leaves out the diagonal (tril(-1)): a token cannot see itself, and the "
+                               "first token sees nothing at all (a row of -inf, so nan)",
+        replace={"dtype=torch.bool, device=x.device).tril()": "dtype=torch.bool, device=x.device).tril(-1)"})
+def gpt2_mask_without_diagonal(): ...
+
+
+@mutant("load_hf_state_dict", "skips the keys ending in 'attn.bias' without the leading dot, so the real weight "
+                              "attn.c_attn.bias is skipped too",
+        replace={'key.endswith((".attn.bias", ".attn.masked_bias"))':
+                 'key.endswith(("attn.bias", "attn.masked_bias"))'})
+def load_skips_c_attn_bias(): ...
+
+
+@mutant("load_hf_state_dict", "param.data = value: the model shares the checkpoint's tensors (and memory) instead of "
+                              "holding copies, so training the model rewrites the caller's state dict",
+        replace={"ours[name].copy_(value)  # copy_": "ours[name].data = value.to(ours[name].dtype)  # copy_"})
+def load_shares_memory(): ...
+
+
+@mutant("load_hf_state_dict", "turns requires_grad off to copy without torch.no_grad() and never turns it back on",
+        replace={"    with torch.no_grad():\n        for name, value in values.items():":
+                 "    for p in ours.values():\n        p.requires_grad_(False)\n    if True:\n"
+                 "        for name, value in values.items():"})
+def load_freezes_parameters(): ...
+
+
+@variant("CausalSelfAttention", "nanoGPT's flash path: F.scaled_dot_product_attention(is_causal=True) with dropout_p "
+                                "while training (on the CPU it draws the same dropout masks as nn.Dropout)")
+class SDPACausalSelfAttention(ref.CausalSelfAttention):
+    def forward(self, x):
+        B, T, E = x.shape
+        q, k, v = self.c_attn(x).split(E, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout.p if self.training else 0.0,
+                                           is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, E)))
+
+
+@variant("load_hf_state_dict", "checks keys and shapes itself, then lets nn.Module.load_state_dict(strict=True) copy, "
+                               "with lm_head.weight given the values of wte")
+def load_via_load_state_dict(model, state_dict):
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    ours = model.state_dict()  # includes lm_head.weight, the tied tensor under its second name
+    wanted = {k for k, _ in model.named_parameters()}
+    new = {}
+    for key, value in state_dict.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
+            continue
+        name = key if key.startswith("transformer.") else "transformer." + key
+        if name not in wanted:
+            raise KeyError(f"unexpected key {key}")
+        new[name] = value.t() if name.endswith(conv1d) else value
+    for name in sorted(wanted - new.keys()):
+        raise KeyError(f"missing key {name}")
+    for name, value in new.items():
+        if value.shape != ours[name].shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, want {tuple(ours[name].shape)}")
+    new["lm_head.weight"] = new["transformer.wte.weight"]
+    model.load_state_dict(new, strict=True)
+    return model
+
+
 # --------------------------------------------------------------------------------------------------
 # mlm_mask
 
@@ -429,6 +538,66 @@ def mlm_hf_collator(input_ids, mask_id, vocab_size, special_ids, prob=0.15, gene
     random = half & chosen & ~replaced
     words = torch.randint(vocab_size, input_ids.shape, dtype=input_ids.dtype, generator=generator, device=dev)
     return torch.where(random, words, out), labels
+
+
+@mutant("mlm_mask", "the random replacement never draws a special token (the docstring includes them, as Hugging "
+                    "Face's DataCollatorForLanguageModeling does)",
+        replace={"    random_tokens = torch.randint(0, vocab_size, input_ids.shape, generator=generator, "
+                 "device=device,\n                                  dtype=input_ids.dtype)":
+                 "    skip = [int(s) for s in list(special_ids)]\n"
+                 "    allowed = torch.tensor([t for t in range(vocab_size) if t not in skip], device=device,\n"
+                 "                           dtype=input_ids.dtype)\n"
+                 "    random_tokens = allowed[torch.randint(0, len(allowed), input_ids.shape, generator=generator,\n"
+                 "                                          device=device)]"})
+def mlm_random_without_specials(): ...
+
+
+@mutant("mlm_mask", "the random replacement is never the original token (drawn among the other V - 1)",
+        replace={"dtype=input_ids.dtype)  # high is exclusive: 0..vocab_size-1":
+                 "dtype=input_ids.dtype)  # high is exclusive: 0..vocab_size-1\n"
+                 "    random_tokens = (input_ids + torch.randint(1, vocab_size, input_ids.shape, generator=generator,\n"
+                 "                                               device=device, dtype=input_ids.dtype)) % vocab_size"})
+def mlm_random_never_original(): ...
+
+
+@mistake("mlm_mask", "chooses exactly round(prob * n) positions, as the original BERT scripts did per sequence, "
+                     "instead of choosing each position independently with probability prob")
+def mlm_fixed_count(input_ids, mask_id, vocab_size, special_ids, prob=0.15, generator=None):
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id={mask_id} is not in the vocabulary")
+    device = input_ids.device
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token in list(special_ids):
+        special = special | (input_ids == token)
+    eligible = (~special).reshape(-1).nonzero().flatten()
+    pick = eligible[torch.randperm(eligible.numel(), generator=generator, device=device)[:round(prob * len(eligible))]]
+    chosen = torch.zeros(input_ids.numel(), dtype=torch.bool, device=device)
+    chosen[pick] = True
+    chosen = chosen.reshape(input_ids.shape)
+    split = torch.rand(input_ids.shape, generator=generator, device=device)
+    words = torch.randint(0, vocab_size, input_ids.shape, generator=generator, device=device, dtype=input_ids.dtype)
+    out = torch.where(chosen & (split < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    out = torch.where(chosen & (split >= 0.8) & (split < 0.9), words, out)
+    return out, torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+
+@variant("mlm_mask", "one uniform u per position decides everything: chosen when u < prob, then u < 0.8 prob -> "
+                     "mask_id and 0.8 prob <= u < 0.9 prob -> a random token")
+def mlm_one_uniform(input_ids, mask_id, vocab_size, special_ids, prob=0.15, generator=None):
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id={mask_id} out of range")
+    device = input_ids.device
+    special = torch.isin(input_ids, torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=device))
+    u = torch.rand(input_ids.shape, generator=generator, device=device, dtype=torch.float64)
+    chosen = (u < prob) & ~special
+    words = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device, dtype=input_ids.dtype)
+    out = torch.where(chosen & (u < 0.8 * prob), mask_id, input_ids)
+    out = torch.where(chosen & (u >= 0.8 * prob) & (u < 0.9 * prob), words, out)
+    return out, torch.where(chosen, input_ids, -100)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,6 +698,43 @@ def span_t5_style(tokens, noise_density, mean_span_length, sentinel_ids, generat
             torch.tensor(targets, dtype=tokens.dtype, device=tokens.device))
 
 
+@mutant("span_corruption", "kept tokens may be left after the last noise span, so inputs can end with a kept token "
+                           "(T5 alternates num_spans kept and num_spans noise spans, ending with noise)",
+        replace={"    kept_lengths = random_segmentation(n - num_noise)\n":
+                 "    kept_lengths = random_segmentation(n - num_noise)\n"
+                 "    if kept_lengths[-1] > 1 and int(torch.randint(2, (1,), generator=generator)):\n"
+                 "        kept_lengths[-1] -= 1  # one kept token left over, after the last span\n",
+                 "    return torch.cat(inputs), torch.cat(targets)":
+                 "    inputs.append(tokens[start:])\n    return torch.cat(inputs), torch.cat(targets)"})
+def span_ends_with_kept(): ...
+
+
+@mutant("span_corruption", "the counts are rounded half up (floor(x + 0.5)) instead of with Python's round (half to "
+                           "even, as T5's code)",
+        replace={"max(round(n * noise_density), 1)": "max(math.floor(n * noise_density + 0.5), 1)",
+                 "max(1, round(num_noise / mean_span_length))":
+                 "max(1, math.floor(num_noise / mean_span_length + 0.5))"})
+def span_round_half_up(): ...
+
+
+@mutant("span_corruption", "the sentinels are used in reverse order (the last one for the first span)",
+        replace={"tokens.new_tensor([sentinel_ids[i]])": "tokens.new_tensor([sentinel_ids[num_spans - 1 - i]])"})
+def span_sentinels_reversed(): ...
+
+
+@variant("span_corruption", "error messages written with {tokens.shape} (torch.Size([2, 3])) and {value:g} (0 for 0.0)")
+def span_plain_messages(tokens, noise_density, mean_span_length, sentinel_ids, generator):
+    if tokens.dim() != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.numel() < 2:
+        raise ValueError(f"tokens must hold at least 2 tokens, got {tokens.numel()}")
+    if not 0 < noise_density < 1:
+        raise ValueError(f"noise_density must be strictly between 0 and 1, got {noise_density:g}")
+    if mean_span_length <= 0:
+        raise ValueError(f"mean_span_length must be positive, got {mean_span_length:g}")
+    return ref.span_corruption(tokens, noise_density, mean_span_length, sentinel_ids, generator)
+
+
 # --------------------------------------------------------------------------------------------------
 # attention_mask_for
 
@@ -597,6 +803,48 @@ def mask_from_tril(kind, t, prefix_len=0):
     return mask
 
 
+@mutant("attention_mask_for", "True marks the BLOCKED pairs (the convention of nn.MultiheadAttention's bool "
+                              "attn_mask), the inverse of scaled_dot_product_attention's",
+        replace={"return causal | (j < prefix_len)": "return ~(causal | (j < prefix_len))",
+                 "    return causal\n": "    return ~causal\n",
+                 "return torch.ones(t, t, dtype=torch.bool)  # BERT":
+                 "return torch.zeros(t, t, dtype=torch.bool)  # BERT"})
+def mask_true_means_blocked(): ...
+
+
+@mutant("attention_mask_for", "t and prefix_len go through int(), which accepts 3.0 (and cuts 3.5 to 3) instead of "
+                              "rejecting floats",
+        replace={"t, prefix_len = operator.index(t), operator.index(prefix_len)":
+                 "t, prefix_len = int(t), int(prefix_len)"})
+def mask_int_accepts_floats(): ...
+
+
+@variant("attention_mask_for", "NumPy's tri with the prefix columns set, converted with torch.from_numpy")
+def mask_from_numpy(kind, t, prefix_len=0):
+    import operator
+
+    import numpy as np
+
+    t, prefix_len = operator.index(t), operator.index(prefix_len)
+    if kind not in {"causal", "bidirectional", "prefix"}:
+        raise ValueError(f"unknown kind {kind!r}")
+    if t < 0 or (kind != "prefix" and prefix_len) or not 0 <= prefix_len <= t:
+        raise ValueError(f"bad sizes: t={t}, prefix_len={prefix_len}")
+    m = np.ones((t, t), dtype=bool) if kind == "bidirectional" else np.tri(t, dtype=bool)
+    m[:, :prefix_len] = True
+    return torch.from_numpy(m)
+
+
+@variant("attention_mask_for", "the prefix as a square block: causal, or both i and j inside the prefix")
+def mask_prefix_block(kind, t, prefix_len=0):
+    mask = ref.attention_mask_for("causal", t) if kind == "prefix" else ref.attention_mask_for(kind, t, prefix_len)
+    if kind == "prefix":
+        ref.attention_mask_for(kind, t, prefix_len)  # the same validation
+        inside = torch.arange(t) < prefix_len
+        mask = mask | (inside[:, None] & inside[None, :])  # later rows see the prefix through j <= i already
+    return mask
+
+
 # --------------------------------------------------------------------------------------------------
 # RMSNorm
 
@@ -660,6 +908,43 @@ class RMSNormViaNorm(nn.Module):
         d = h.shape[-1]
         rms = torch.sqrt(torch.linalg.vector_norm(h, dim=-1, keepdim=True) ** 2 / d + self.eps)
         return (self.weight.to(work) * (h / rms)).to(torch.promote_types(x.dtype, self.weight.dtype))
+
+
+@mutant("RMSNorm", "eps is kept as self.variance_epsilon (Hugging Face's LlamaRMSNorm name) instead of self.eps",
+        replace={"self.eps = eps": "self.variance_epsilon = eps", "+ self.eps)": "+ self.variance_epsilon)"})
+def rms_eps_named_variance_epsilon(): ...
+
+
+@mutant("RMSNorm", "always normalises in float32 (as Hugging Face's LlamaRMSNorm does), so a float64 input loses "
+                   "precision",
+        replace={"        inv_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)\n"
+                 "        return x * inv_rms * self.weight":
+                 "        h = x.float()\n"
+                 "        inv_rms = torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)\n"
+                 "        return (h * inv_rms).to(x.dtype) * self.weight"})
+def rms_in_float32(): ...
+
+
+@mistake("RMSNorm", "Gemma's convention: the weight starts at zeros and the output is scaled by 1 + weight")
+class RMSNormGemma(ref.RMSNorm):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__(dim, eps)
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)
+
+
+@variant("RMSNorm", "torch's own nn.RMSNorm, subclassed with Llama's default eps")
+class RMSNormFromTorch(nn.RMSNorm):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__(dim, eps=eps)
+
+
+@variant("RMSNorm", "F.rms_norm with the module's weight and eps")
+class RMSNormFunctional(ref.RMSNorm):
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -728,6 +1013,25 @@ def rope_complex(x, positions, base=10000.0):
     return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
 
 
+@mutant("apply_rotary", "the frequencies are made in x's dtype, so float32 queries get float32 angles (off by ~1e-3 "
+                        "rad near position 100,000)",
+        replace={"dtype=torch.float64, device=x.device) / D": "dtype=x.dtype, device=x.device) / D"})
+def rope_angles_in_x_dtype(): ...
+
+
+@variant("apply_rotary", "everything in float64 (x too), the result cast back to x's dtype at the end")
+def rope_all_float64(x, positions, base=10000.0):
+    D = x.shape[-1]
+    if D % 2:
+        raise ValueError(f"D={D} is odd")
+    inv = base ** (-torch.arange(0, D, 2, dtype=torch.float64, device=x.device) / D)
+    angles = positions.to(torch.float64)[..., None] * inv
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    h = x.to(torch.float64)
+    rotated = torch.cat([-h[..., D // 2:], h[..., : D // 2]], dim=-1)
+    return (h * cos + rotated * sin).to(x.dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # SwiGLU
 
@@ -763,6 +1067,33 @@ class SwiGLUFused(ref.SwiGLU):
         fused = torch.cat([self.gate_proj.weight, self.up_proj.weight], dim=0)
         gate, up = F.linear(x, fused).chunk(2, dim=-1)
         return F.linear(gate * torch.sigmoid(gate) * up, self.down_proj.weight)
+
+
+@mutant("SwiGLU", "SiLU is applied to the product of the two branches instead of to the gate branch alone",
+        replace={"F.silu(self.gate_proj(x)) * self.up_proj(x)": "F.silu(self.gate_proj(x) * self.up_proj(x))"})
+def swiglu_silu_of_product(): ...
+
+
+@mutant("SwiGLU", "hidden_dim is shrunk to 2/3 as in Meta's Llama code; here hidden_dim is the width itself",
+        replace={"        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)":
+                 "        hidden_dim = int(2 * hidden_dim / 3)\n"
+                 "        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)"})
+def swiglu_two_thirds(): ...
+
+
+@mutant("SwiGLU", "ReLU instead of SiLU on the gate branch (that is ReGLU)",
+        replace={"F.silu(self.gate_proj(x))": "F.relu(self.gate_proj(x))"})
+def swiglu_relu(): ...
+
+
+@variant("SwiGLU", "the activation as an nn.SiLU submodule (no parameters)")
+class SwiGLUWithModule(ref.SwiGLU):
+    def __init__(self, dim, hidden_dim):
+        super().__init__(dim, hidden_dim)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -818,6 +1149,45 @@ class GQABroadcast(ref.GroupedQueryAttention):
         v = self.v_proj(x).view(B, T, kv, hd).transpose(1, 2)[:, :, None]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # broadcasts over the group axis
         return self.o_proj(y.permute(0, 3, 1, 2, 4).reshape(B, T, self.num_heads * hd))
+
+
+@mutant("GroupedQueryAttention", "scaled by 1/sqrt(num_kv_heads * head_dim), the width of k_proj, instead of "
+                                 "1/sqrt(head_dim)",
+        replace={"/ math.sqrt(hd)": "/ math.sqrt(hd * self.num_kv_heads)"})
+def gqa_scale_by_kv_width(): ...
+
+
+@mutant("GroupedQueryAttention", "the softmax runs over the queries (dim=-2) instead of the keys",
+        replace={'weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)':
+                 'weights = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-2).nan_to_num()'})
+def gqa_softmax_over_queries(): ...
+
+
+@variant("GroupedQueryAttention", "Hugging Face's repeat_kv: each kv head expanded to (B, KV, group, T, hd), reshaped")
+class GQARepeatKV(ref.GroupedQueryAttention):
+    def forward(self, x):
+        B, T, _ = x.shape
+        kv, hd = self.num_kv_heads, self.head_dim
+        group = self.num_heads // kv
+        q = self.q_proj(x).view(B, T, self.num_heads, hd).transpose(1, 2)
+        k, v = (p(x).view(B, T, kv, hd).transpose(1, 2)[:, :, None].expand(B, kv, group, T, hd)
+                .reshape(B, kv * group, T, hd) for p in (self.k_proj, self.v_proj))
+        scores = (q @ k.transpose(-2, -1)) * hd**-0.5
+        scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), 1),
+                                    torch.finfo(scores.dtype).min)
+        y = torch.softmax(scores, dim=-1) @ v
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+@variant("GroupedQueryAttention", "F.scaled_dot_product_attention with enable_gqa=True on the un-repeated K and V")
+class GQASDPA(ref.GroupedQueryAttention):
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -943,3 +1313,83 @@ def plot_loglog(x, y, fit=None):
 @mutant("plot_scaling", "the measurements are joined by a line, as if they were a curve rather than separate runs",
         replace={'ax.plot(x, y, "o")': 'ax.plot(x, y, "o-")'})
 def plot_joined_measurements(): ...
+
+
+@mutant("chinchilla_optimal", "rounds N and D to whole numbers",
+        replace={"return n_params, 20.0 * n_params": "return round(n_params), round(20.0 * n_params)"})
+def chinchilla_rounded(): ...
+
+
+@mistake("chinchilla_optimal", "returns a NumPy array [N, D] instead of a tuple of two floats")
+def chinchilla_as_array(compute_flops):
+    import numpy as np
+
+    return np.array(ref.chinchilla_optimal(compute_flops))
+
+
+@variant("chinchilla_optimal", "NumPy arithmetic (np.float64 results) and an error message written with {:g}")
+def chinchilla_numpy(compute_flops):
+    import numpy as np
+
+    if not (np.isfinite(compute_flops) and compute_flops > 0):
+        raise ValueError(f"the compute budget must be positive and finite, got {compute_flops:g}")
+    n = np.sqrt(np.float64(compute_flops) / (6 * 20))
+    return n, 20 * n
+
+
+@mutant("fit_power_law", "repeated x values are rejected, though several runs of one model size are legal",
+        replace={"    if np.ptp(lx) == 0:":
+                 "    if np.unique(x).size != x.size:\n"
+                 '        raise ValueError(f"x has repeated values: {x}")\n'
+                 "    if np.ptp(lx) == 0:"})
+def fit_rejects_repeated_x(): ...
+
+
+@mutant("fit_power_law", "x and y are sorted separately, which breaks the (x, y) pairs",
+        replace={"lx, ly = np.log(x), np.log(y)": "lx, ly = np.sort(np.log(x)), np.sort(np.log(y))"})
+def fit_sorts_separately(): ...
+
+
+@mistake("fit_power_law", "takes the logarithms in place (np.log(x, out=x)), overwriting the caller's float64 arrays")
+def fit_logs_in_place(x, y):
+    import numpy as np
+
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    a, b = ref.fit_power_law(xa.copy(), ya.copy())
+    np.log(xa, out=xa)
+    np.log(ya, out=ya)
+    return a, b
+
+
+@mutant("plot_scaling", "builds the figure with pyplot (plt.subplots), which keeps it open globally",
+        replace={"    fig = Figure()\n    ax = fig.add_subplot()":
+                 "    import matplotlib.pyplot as plt\n\n    fig, ax = plt.subplots()"})
+def plot_with_pyplot(): ...
+
+
+@mistake("plot_scaling", "sorts the caller's x and y lists in place before plotting")
+def plot_sorts_in_place(x, y, fit=None):
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    x[:], y[:] = [x[i] for i in order], [y[i] for i in order]
+    return ref.plot_scaling(x, y, fit=fit)
+
+
+@mutant("plot_scaling", "the fitted line runs a decade beyond the measured x on each side",
+        replace={"grid = np.geomspace(min(x), max(x))": "grid = np.geomspace(min(x) / 10, max(x) * 10)"})
+def plot_fit_beyond_the_data(): ...
+
+
+@variant("plot_scaling", "the points sorted by x on a copy, both lines drawn with Axes.loglog, the fit over a linspace")
+def plot_sorted_copy(x, y, fit=None):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    pts = sorted(zip(x, y, strict=True))
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.loglog(xs, ys, marker="x", linestyle="none")
+    if fit is not None:
+        grid = np.linspace(xs[0], xs[-1], 200)
+        ax.loglog(grid, fit[0] * grid ** fit[1], color="k")
+    return fig

@@ -13,6 +13,7 @@ from reference.phase3.w19_pretrained import (
     EOS_TOKEN,
     PAD_TOKEN,
     CausalLMDataset,
+    PromptTuning,
     _is_int,
     _texts,
     build_tiny_causal_lm,
@@ -125,6 +126,26 @@ def tok_bytelevel_bpe_class(texts, vocab_size):
                                    bos_token="<|endoftext|>", padding_side="right")
 
 
+@mutant("train_hf_tokenizer", "an NFKC normalizer: compatibility characters such as 'ﬁ' or '①' come back as 'fi' "
+        "or '1'", replace={"    tokenizer.decoder = decoders.ByteLevel()\n":
+                           "    tokenizer.decoder = decoders.ByteLevel()\n"
+                           "    tokenizer.normalizer = __import__('tokenizers').normalizers.NFKC()\n"})
+def tok_nfkc_normalizer(): ...
+
+
+@mutant("train_hf_tokenizer", "a Lowercase normalizer: capital letters come back in lower case",
+        replace={"    tokenizer.decoder = decoders.ByteLevel()\n":
+                 "    tokenizer.decoder = decoders.ByteLevel()\n"
+                 "    tokenizer.normalizer = __import__('tokenizers').normalizers.Lowercase()\n"})
+def tok_lowercases(): ...
+
+
+@mistake("train_hf_tokenizer", "only a list is accepted: a tuple of strings, also a sequence of strings, is refused")
+def tok_rejects_a_tuple(texts, vocab_size):
+    if not isinstance(texts, list):
+        raise ValueError(f"texts must be a list of strings, got {texts!r:.60}")
+    return train_hf_tokenizer(texts, vocab_size)
+
 # --------------------------------------------------------------------------------------------------
 # build_tiny_causal_lm
 
@@ -185,6 +206,41 @@ def model_auto_from_config(tokenizer, n_layer=2, n_embd=32, n_head=2, n_position
                         n_layer=n_layer, n_head=n_head, **specials)
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
+
+@mutant("build_tiny_causal_lm", "dropout switched off (resid, embd and attn 0.0): not GPT-2's default of 0.1",
+        replace={"        pad_token_id=tokenizer.pad_token_id,\n    )":
+                 "        pad_token_id=tokenizer.pad_token_id,\n"
+                 "        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,\n    )"})
+def model_no_dropout(): ...
+
+
+@mutant("build_tiny_causal_lm", "bos_token_id = tokenizer.eos_token_id (GPT-2's convention) instead of the "
+        "tokenizer's own bos id",
+        replace={"bos_token_id=tokenizer.bos_token_id,": "bos_token_id=tokenizer.eos_token_id,"})
+def model_bos_from_eos(): ...
+
+
+@mutant("build_tiny_causal_lm", "a tokenizer without an eos token is accepted: eos_token_id None, generation "
+        "never stops", replace={"if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:":
+                                "if tokenizer.pad_token_id is None:"})
+def model_accepts_no_eos(): ...
+
+
+@variant("build_tiny_causal_lm", "GPT-2's defaults spelled out (n_inner = 4 * n_embd, gelu_new, dropout 0.1) and the "
+         "special ids looked up by token")
+def model_defaults_spelled_out(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=128):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    if tokenizer.pad_token is None or tokenizer.eos_token is None:
+        raise ValueError("a pad token and an eos token are needed")
+    ids = {name: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{name}_token")) for name in ("bos", "eos", "pad")}
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, n_inner=4 * n_embd, activation_function="gelu_new", resid_pdrop=0.1,
+                        embd_pdrop=0.1, attn_pdrop=0.1, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                        pad_token_id=ids["pad"])
+    return GPT2LMHeadModel(config)
 
 # --------------------------------------------------------------------------------------------------
 # text_generation
@@ -275,6 +331,60 @@ def gen_with_generate(model, tokenizer, prompt, max_new_tokens=20):
     finally:
         model.train(mode)
 
+
+@mistake("text_generation", "no try/finally: when generation fails, the model is left in eval mode")
+def gen_mode_lost_on_error(model, tokenizer, prompt, max_new_tokens=20):
+    from transformers import pipeline
+
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    was, side = model.training, tokenizer.padding_side
+    model.eval()
+    result = pipeline("text-generation", model=model, tokenizer=tokenizer)(prompt, max_new_tokens=max_new_tokens,
+                                                                           do_sample=False)
+    model.train(was)
+    tokenizer.padding_side = side
+    return result[0]["generated_text"]
+
+
+@mutant("text_generation", "tokenizer.padding_side is set to 'right' afterwards instead of back to what it was",
+        replace={"        tokenizer.padding_side = padding_side\n": '        tokenizer.padding_side = "right"\n'})
+def gen_padding_side_forced_right(): ...
+
+
+@mutant("text_generation", "skip_special_tokens=False: the end-of-text token the model generates is in the text",
+        replace={"result = generator(prompt, max_new_tokens=max_new_tokens, do_sample=False)":
+                 "result = generator(prompt, max_new_tokens=max_new_tokens, do_sample=False, "
+                 "skip_special_tokens=False)"})
+def gen_keeps_special_tokens(): ...
+
+
+def _greedy_loop(model, tokenizer, prompt, max_new_tokens, stop_at_eos):
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    was = model.training
+    model.eval()
+    try:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                next_id = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, next_id], dim=1)
+                if stop_at_eos and next_id.item() == tokenizer.eos_token_id:
+                    break
+        return tokenizer.decode(ids[0], skip_special_tokens=True)
+    finally:
+        model.train(was)
+
+
+@mistake("text_generation", "a hand-written greedy loop that does not stop at the end-of-text token")
+def gen_loop_past_eos(model, tokenizer, prompt, max_new_tokens=20):
+    return _greedy_loop(model, tokenizer, prompt, max_new_tokens, stop_at_eos=False)
+
+
+@variant("text_generation", "a hand-written greedy loop: argmax of the last position, stopping at eos, without a cache")
+def gen_greedy_loop(model, tokenizer, prompt, max_new_tokens=20):
+    return _greedy_loop(model, tokenizer, prompt, max_new_tokens, stop_at_eos=True)
 
 # --------------------------------------------------------------------------------------------------
 # CausalLMDataset
@@ -376,6 +486,53 @@ class ds_pretokenized(torch.utils.data.Dataset):
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, torch.tensor(-100))}
 
 
+@mistake("CausalLMDataset", "texts are not checked item by item: a non-string fails only when its item is read")
+class ds_accepts_non_strings(CausalLMDataset):
+    def __init__(self, texts, tokenizer, max_length=512):
+        if isinstance(texts, str) or not texts:
+            raise ValueError(f"texts must be a non-empty list of strings, got {texts!r:.60}")
+        super().__init__([str(t) for t in texts], tokenizer, max_length)
+        self.texts = list(texts)
+
+
+@mutant("CausalLMDataset", "max_length = 8.0 (a float) is accepted",
+        replace={"if not _is_int(max_length) or max_length < 1:": "if isinstance(max_length, bool) or max_length < 1:"})
+def ds_accepts_float_length(): ...
+
+
+@mutant("CausalLMDataset", "sets tokenizer.padding_side = 'right' on the caller's tokenizer instead of following it",
+        replace={"        self.tokenizer = tokenizer\n":
+                 '        tokenizer.padding_side = "right"\n        self.tokenizer = tokenizer\n'})
+def ds_forces_right_padding(): ...
+
+
+@mistake("CausalLMDataset", "only a list is accepted: a tuple of strings is refused")
+class ds_rejects_a_tuple(CausalLMDataset):
+    def __init__(self, texts, tokenizer, max_length=512):
+        if not isinstance(texts, list):
+            raise ValueError(f"texts must be a list, got {type(texts).__name__}")
+        super().__init__(texts, tokenizer, max_length)
+
+
+@variant("CausalLMDataset", "the tokenizer's plain lists turned into tensors with torch.tensor, labels by torch.where")
+class ds_from_lists(torch.utils.data.Dataset):
+    def __init__(self, texts, tokenizer, max_length=512):
+        if isinstance(texts, str) or not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError(f"texts must be a non-empty sequence of strings, got {texts!r:.60}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token")
+        self.texts, self.tokenizer, self.max_length = [*texts], tokenizer, max_length
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, idx):
+        enc = self.tokenizer(self.texts[idx], truncation=True, padding="max_length", max_length=self.max_length)
+        ids, mask = torch.tensor(enc["input_ids"]), torch.tensor(enc["attention_mask"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask == 1, ids, -100)}
+
 # --------------------------------------------------------------------------------------------------
 # fine_tune
 
@@ -458,6 +615,32 @@ def ft_with_collator(model, tokenizer, texts, output_dir, epochs=1, batch_size=2
     trainer.save_model(str(output_dir))
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
+
+@mutant("fine_tune", "weight_decay=0.01, a common tutorial setting: not the documented default of 0",
+        replace={"logging_steps=1,  # one loss per optimizer step": "logging_steps=1, weight_decay=0.01,"})
+def ft_weight_decay(): ...
+
+
+@mutant("fine_tune", "the learning path's tokenizer.pad_token = tokenizer.eos_token: the caller's tokenizer changes, "
+        "and is saved that way",
+        replace={"    trainer = Trainer(model=model,":
+                 "    tokenizer.pad_token = tokenizer.eos_token\n    trainer = Trainer(model=model,"})
+def ft_pad_becomes_eos(): ...
+
+
+@variant("fine_tune", "saves with model.save_pretrained and tokenizer.save_pretrained instead of trainer.save_model")
+def ft_saves_each(model, tokenizer, texts, output_dir, epochs=1, batch_size=2, learning_rate=5e-4, max_length=32,
+                  seed=0):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate,
+                             per_device_train_batch_size=batch_size, seed=seed, use_cpu=True, report_to="none",
+                             logging_steps=1)
+    trainer = Trainer(model=model, args=args, train_dataset=CausalLMDataset(texts, tokenizer, max_length))
+    trainer.train()
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
 # --------------------------------------------------------------------------------------------------
 # LoRALinear
@@ -570,6 +753,61 @@ class lora_functional(torch.nn.Module):
             self.merged = False
 
 
+@mutant("LoRALinear", "nn.Dropout(dropout, inplace=True): the adapter's dropout zeroes the caller's x",
+        replace={"self.dropout = nn.Dropout(dropout)": "self.dropout = nn.Dropout(dropout, inplace=True)"})
+def lora_dropout_in_place(): ...
+
+
+@mutant("LoRALinear", "F.dropout(x, p) with its default training=True: dropout also in eval mode",
+        replace={"self.dropout = nn.Dropout(dropout)":
+                 "self.dropout = lambda t, p=dropout: torch.nn.functional.dropout(t, p, training=True)"})
+def lora_dropout_in_eval(): ...
+
+
+@mutant("LoRALinear", "x @ W.T + b by hand: fails for a base layer without a bias",
+        replace={"return self.base(x) + (self.dropout(x)":
+                 "return x @ self.base.weight.T + self.base.bias + (self.dropout(x)"})
+def lora_assumes_a_bias(): ...
+
+
+@variant("LoRALinear", "the update by einsum; merge and unmerge with addmm_ (alpha = +-scaling) in place")
+class lora_einsum_addmm(torch.nn.Module):
+    def __init__(self, base, r, alpha, dropout=0.0):
+        super().__init__()
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"r must be a positive int, got {r!r}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        w = base.weight
+        self.lora_A = torch.nn.Parameter(w.new_empty(r, w.shape[1]))
+        self.lora_B = torch.nn.Parameter(w.new_zeros(w.shape[0], r))
+        torch.nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
+        self.scaling = alpha / r
+        self.dropout = torch.nn.Dropout(dropout)
+        self.merged = False
+
+    def delta_weight(self):
+        return torch.einsum("or,ri->oi", self.lora_B, self.lora_A) * self.scaling
+
+    def forward(self, x):
+        out = self.base(x)
+        if not self.merged:
+            out = out + self.scaling * torch.einsum("...i,ri,or->...o", self.dropout(x), self.lora_A, self.lora_B)
+        return out
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=self.scaling)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)
+            self.merged = False
+
 # --------------------------------------------------------------------------------------------------
 # setup_lora_model
 
@@ -622,6 +860,25 @@ def lm_regex_targets(model, r=8, alpha=32, dropout=0.1, target_modules=None):
                         target_modules=rf".*\.({names})$", fan_in_fan_out=True)
     return get_peft_model(model, config)
 
+
+@mutant("setup_lora_model", "r is not checked: peft turns r=True or r=2.0 into a TypeError deep inside torch",
+        replace={'    if not _is_int(r) or r < 1:\n        raise ValueError(f"r must be a positive int, got {r!r}")\n'
+                 "    config = LoraConfig(": "    config = LoraConfig("})
+def lm_rank_unchecked(): ...
+
+
+@mutant("setup_lora_model", "r = 2.0 (a float) passes the check",
+        replace={"if not _is_int(r) or r < 1:": "if isinstance(r, bool) or r < 1:"})
+def lm_accepts_float_rank(): ...
+
+
+@mistake("setup_lora_model", "adds the adapters to a copy of the model: the caller's model is left without them")
+def lm_copies_the_model(model, r=8, alpha=32, dropout=0.1, target_modules=None):
+    import copy
+
+    from reference.phase3.w19_pretrained import setup_lora_model
+
+    return setup_lora_model(copy.deepcopy(model), r, alpha, dropout, target_modules)
 
 # --------------------------------------------------------------------------------------------------
 # PromptTuning
@@ -699,3 +956,51 @@ def pt_prompt_on_cpu(): ...
 @mutant("LoRALinear", "A is initialised with kaiming_uniform_(a=sqrt(6)): a bound about 7% too small",
         replace={"a=math.sqrt(5))": "a=math.sqrt(6))"})
 def lora_a_wrong_gain(): ...
+
+@mutant("PromptTuning", "the prompt's scale is a fixed 0.02 (GPT-2's value), not the model's initializer_range",
+        replace={" * model.config.initializer_range)": " * 0.02)"})
+def pt_fixed_init_scale(): ...
+
+
+@mistake("PromptTuning", "returns only the logits tensor when no labels are given, not the model's output")
+class pt_returns_bare_logits(PromptTuning):
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        out = super().forward(input_ids, attention_mask, labels)
+        return out if labels is not None else out.logits
+
+
+@mistake("PromptTuning", "the labels get their P times -100 only when an attention mask is given too")
+class pt_labels_extended_only_with_mask(PromptTuning):
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        if attention_mask is not None:
+            return super().forward(input_ids, attention_mask, labels)
+        B = input_ids.shape[0]
+        embeds = torch.cat([self.prompt.expand(B, -1, -1), self.model.get_input_embeddings()(input_ids)], dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+
+
+@variant("PromptTuning", "the prompt repeated per row (a copy, not a view); a missing mask built at full length P + T")
+class pt_repeated(torch.nn.Module):
+    def __init__(self, model, num_virtual_tokens):
+        super().__init__()
+        if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be a positive int, got {num_virtual_tokens!r}")
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad = False
+        emb = model.get_input_embeddings().weight
+        self.num_virtual_tokens = num_virtual_tokens
+        self.prompt = torch.nn.Parameter(
+            model.config.initializer_range * torch.randn(num_virtual_tokens, emb.shape[1]).to(emb))
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        (B, T), P = input_ids.shape, self.num_virtual_tokens
+        embeds = torch.cat([self.prompt.repeat(B, 1, 1), self.model.get_input_embeddings()(input_ids)], dim=1)
+        if attention_mask is None:
+            mask = torch.ones(B, P + T, dtype=torch.long, device=input_ids.device)
+        else:
+            mask = torch.cat([torch.ones_like(attention_mask[:, :1]).expand(B, P), attention_mask], dim=1)
+        if labels is not None:
+            labels = torch.cat([torch.full_like(labels[:, :1], -100).expand(B, P), labels], dim=1)
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels)

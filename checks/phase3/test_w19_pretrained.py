@@ -18,12 +18,21 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   run, and checks that do not use the reference pin what mutation testing needs (the number of optimizer steps,
   the size of AdamW's first step = the learning rate, the seed, the saved files).
 - dtypes and devices (3): the tokenizer and the dataset return ids (``torch.long``, checked); the model is
-  GPT-2's own float32 module (converted with ``.to(float64)`` for comparisons); ``LoRALinear`` takes its
+  GPT-2's own float32 module (checked, with every config setting the docstring does not name compared with
+  ``GPT2Config``'s default; converted with ``.to(float64)`` for comparisons); ``LoRALinear`` takes its
   base layer's dtype (float32 and float64 checked) and device (meta checked).
 - Sizes (2): texts are whole strings of any length (empty, unseen characters and text longer than
-  ``max_length`` are checked); ``LoRALinear`` takes any leading dims (none, 1, 2 and a size-0 batch checked).
-- State over time (6): ``text_generation`` restores the model's mode (train and eval both checked);
-  ``CausalLMDataset`` is read twice and its list copied; ``LoRALinear`` is merged and unmerged repeatedly.
+  ``max_length`` are checked), in a list or a tuple; ``LoRALinear`` takes any leading dims (none, 1, 2 and a
+  size-0 batch checked) and a base layer with or without a bias.
+- Inputs (1): tokenizers are compared with a copy taken before ``CausalLMDataset`` reads them (its oracle uses
+  that copy); ``fine_tune`` gets its own copy per run, and its saved tokenizer must equal the one passed in.
+- Asymmetric probes (5): the tokenizer of ``build_tiny_causal_lm``'s checks has a bos token other than eos;
+  ``text_generation`` runs on a model whose greedy choice is eos part-way, so stopping there and leaving it out
+  of the text are observed; ``PromptTuning``'s initial scale is read from a config whose initializer_range is
+  not GPT-2's 0.02.
+- State over time (6): ``text_generation`` restores the model's mode (train and eval both checked, and train
+  when generation fails) and the tokenizer's padding side (right and left both checked); ``CausalLMDataset``
+  is read twice and its list copied; ``LoRALinear`` is merged and unmerged repeatedly.
 """
 
 from __future__ import annotations
@@ -144,8 +153,13 @@ def test_tokenizer_vocab_size_and_byte_alphabet(impl, vocab_size):
 
 @pytest.mark.exercise("train_hf_tokenizer")
 def test_tokenizer_learns_merges_from_the_texts(impl):
-    texts = ["zyxwv qqq zyxwv kata"] * 40
-    tok = impl.train_hf_tokenizer(texts, 270)
+    texts = ("zyxwv qqq zyxwv kata",) * 40  # a tuple: any sequence of strings will do
+    try:
+        tok = impl.train_hf_tokenizer(texts, 270)
+    except ValueError as err:
+        _fail(_tok_call(270, texts), f"nothing: it raised ValueError({str(err)!r})", "a trained tokenizer",
+              "texts may be any sequence of strings, a tuple as well as a list: only a single string, an empty "
+              "sequence or a non-string item is an error.")
     pieces = tok.tokenize("zyxwv")
     assert pieces == ["zyxwv"], (
         f"Called {_tok_call(270, texts)}, then tok.tokenize('zyxwv'). Returned {pieces}; expected ['zyxwv'].\n"
@@ -162,6 +176,7 @@ _unicode_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories
 @settings(max_examples=30)
 @given(text=st.one_of(_unicode_text, st.sampled_from(CORPUS)))
 @example(text="héllo wörld ✓ 𝄞 \t\n  two  spaces")
+@example(text="So , it 's OK . Do n't stop ! ﬁ ① Ｋ")  # no normalizer: case and compatibility characters are kept
 @example(text="")
 def test_tokenizer_round_trips_any_text(impl_tok, text):
     ids = impl_tok(text).input_ids
@@ -228,9 +243,10 @@ def test_tokenizer_leaves_texts_unchanged(impl):
 
 @pytest.fixture(scope="module")
 def grown_tok(ref_tok):
-    """The reference tokenizer plus one added token, so len(tok) = vocab_size + 1."""
+    """The reference tokenizer plus one added token, so len(tok) = vocab_size + 1; the added token "<s>" is its bos
+    token, so that bos (id 300) differs from eos (id 1) and the two cannot be mixed up unseen."""
     tok = copy.deepcopy(ref_tok)
-    tok.add_tokens(["<extra_token>"])
+    tok.add_special_tokens({"bos_token": "<s>"})
     return tok
 
 
@@ -268,14 +284,14 @@ def test_model_config_agrees_with_tokenizer(impl, grown_tok, sizes):
            "n_positions": c.n_positions, "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
            "pad_token_id": c.pad_token_id}
     want = {"vocab_size": len(grown_tok), "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
-            "n_positions": n_positions, "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
+            "n_positions": n_positions, "bos_token_id": grown_tok.bos_token_id, "eos_token_id": 1, "pad_token_id": 0}
     if got != want:
         cause = _cause("build_tiny_causal_lm", lambda f: f(grown_tok, n_layer, n_embd, n_head, n_positions).config,
                        lambda cfg: all(getattr(cfg, k) == v for k, v in got.items()))
-        _fail(f"{call} with a tokenizer of len {len(grown_tok)} (vocab_size {grown_tok.vocab_size} + 1 added token)",
-              f"a config with {got}", f"{want}", "the embedding table needs a row for every id the tokenizer can "
-              "produce (len(tok) counts added tokens), and generation stops and pads with the tokenizer's ids.",
-              cause)
+        _fail(f"{call} with a tokenizer of len {len(grown_tok)} (vocab_size {grown_tok.vocab_size} + 1 added token, "
+              f"its bos token <s>)", f"a config with {got}", f"{want}", "the embedding table needs a row for every "
+              "id the tokenizer can produce (len(tok) counts added tokens), and bos, eos and pad are each the "
+              "tokenizer's own id (here bos is not eos).", cause)
     V, E, P, L = len(grown_tok), n_embd, n_positions, n_layer
     count = sum(p.numel() for p in model.parameters())
     expected = V * E + P * E + L * (12 * E * E + 13 * E) + 2 * E
@@ -285,10 +301,41 @@ def test_model_config_agrees_with_tokenizer(impl, grown_tok, sizes):
         f"{expected}, with the output layer tied to the token embedding.\nBecause everything except the listed "
         "fields keeps GPT-2's defaults."
     )
+    _assert_gpt2_defaults(model, call, want, lambda f: f(grown_tok, n_layer, n_embd, n_head, n_positions))
     gen = model.generation_config
     assert (gen.eos_token_id, gen.pad_token_id) == (1, 0), (
         f"Called {call}. model.generation_config has eos/pad {gen.eos_token_id}/{gen.pad_token_id}; expected 1/0.\n"
         "Because generate() reads its stop and pad ids from there (they come from the config)."
+    )
+
+
+_NOT_SETTINGS = {"transformers_version", "_name_or_path", "architectures", "dtype"}  # bookkeeping, not the model
+
+
+def _settings(config, n_embd: int) -> dict:
+    """A config's settings as a dict; n_inner None means 4 * n_embd, so either spelling is accepted."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_SETTINGS}
+    settings["n_inner"] = settings.get("n_inner") or 4 * n_embd
+    return settings
+
+
+def _assert_gpt2_defaults(model, call: str, fields: dict, build) -> None:
+    """Every config setting other than ``fields`` is GPT2Config's default, and the weights are float32."""
+    from transformers.models.gpt2 import GPT2Config
+
+    got, want = _settings(model.config, fields["n_embd"]), _settings(GPT2Config(**fields), fields["n_embd"])
+    diff = {k: f"{got.get(k)!r} (GPT-2's default: {want.get(k)!r})" for k in sorted(got.keys() | want.keys())
+            if got.get(k) != want.get(k)}
+    if diff:
+        cause = _cause("build_tiny_causal_lm", lambda f: _settings(build(f).config, fields["n_embd"]),
+                       lambda s: all(s.get(k) == got.get(k) for k in diff))
+        _fail(call, f"a config with {diff}", "GPT-2's default for every setting the docstring does not name",
+              "only the vocabulary size, the sizes and the special ids are yours to set: dropout stays 0.1, the "
+              "activation GELU, the cache on, as in GPT2Config().", cause)
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    assert dtypes == ["torch.float32"], (
+        f"Called {call}. The model's parameters are {dtypes}; expected torch.float32.\nBecause GPT2LMHeadModel(config) "
+        "builds float32 weights, like every other setting left at its default."
     )
 
 
@@ -315,10 +362,18 @@ def test_model_rejects_bad_arguments(impl, grown_tok):
         f"Called {_model_call(1, 30, 4, 128)}. It raised ValueError({str(info.value)!r}); expected a message "
         "naming 30 and 4.\nBecause n_embd must split evenly into heads."
     )
-    no_pad = copy.deepcopy(grown_tok)
-    no_pad.pad_token = None
-    with pytest.raises(ValueError):
-        impl.build_tiny_causal_lm(no_pad)
+    for missing in ("pad", "eos"):
+        lacking = copy.deepcopy(grown_tok)
+        setattr(lacking, f"{missing}_token", None)
+        try:
+            impl.build_tiny_causal_lm(lacking)
+        except ValueError:
+            continue
+        raise AssertionError(
+            f"Called build_tiny_causal_lm(tok) with a tokenizer whose {missing}_token is None. It raised no "
+            f"ValueError.\nBecause the model's {missing}_token_id comes from the tokenizer: without one, "
+            + ("padding has no id." if missing == "pad" else "generation would never stop.")
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,12 +390,18 @@ def gen_model(reference, ref_tok):
 def _greedy(model, tok, prompt: str, max_new_tokens: int) -> tuple[str, int]:
     """The checks' oracle: model.generate in eval mode, decoded without special tokens; and the new-token count."""
     was = model.training
-    model.eval()
+    text, ids = _greedy_ids(model, tok, prompt, max_new_tokens)
+    model.train(was)
+    return text, len(ids)
+
+
+def _greedy_ids(model, tok, prompt: str, max_new_tokens: int) -> tuple[str, list[int]]:
+    """The text of ``_greedy`` and the new token ids; leaves the model in eval mode."""
     enc = tok(prompt, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    model.train(was)
-    return tok.decode(out[0], skip_special_tokens=True), out.shape[1] - enc["input_ids"].shape[1]
+        out = model.eval().generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0], skip_special_tokens=True), out[0, enc["input_ids"].shape[1]:].tolist()
 
 
 PROMPTS = ["the cat sat on a mat while dogs ran past quickly", "old wizard", "héllo ✓"]
@@ -406,6 +467,61 @@ def test_generation_turns_dropout_off_and_restores_the_mode(impl, gen_model, ref
               "model goes back to the mode the caller had it in.", cause)
 
 
+@pytest.fixture(scope="module")
+def eos_model(gen_model, ref_tok):
+    """gen_model, except that the end-of-text token (id 1) gets a slightly larger copy of the output embedding of
+    the 4th token greedy decoding of PROMPTS[0] picks: from there on, eos wins where that token would have."""
+    model = copy.deepcopy(gen_model)
+    _, ids = _greedy_ids(model, ref_tok, PROMPTS[0], 12)
+    with torch.no_grad():
+        wte = model.get_input_embeddings().weight
+        wte[ref_tok.eos_token_id] = 1.05 * wte[ids[3]]
+    return model
+
+
+@pytest.mark.exercise("text_generation")
+def test_generation_stops_at_eos_and_leaves_it_out(impl, eos_model, ref_tok):
+    tok = copy.deepcopy(ref_tok)
+    tok.padding_side = "left"  # the caller's own choice, which must survive the pipeline
+    want, ids = _greedy_ids(eos_model, tok, PROMPTS[0], 12)
+    assert tok.eos_token_id in ids and len(ids) < 12, f"the checks' own model should stop early, got ids {ids}"
+    call = f"text_generation(model, tok, {PROMPTS[0]!r}, max_new_tokens=12) with a model whose greedy choice is " \
+           f"eos after {len(ids) - 1} new tokens"
+    got = impl.text_generation(eos_model, tok, PROMPTS[0], 12)
+    if got != want:
+        cause = _cause("text_generation", lambda f: f(eos_model, copy.deepcopy(ref_tok), PROMPTS[0], 12),
+                       lambda text: text == got)
+        _fail(call, repr(got), repr(want), "generation stops at the first end-of-text token (model.generate and "
+              "the pipeline do), and the text leaves special tokens out (skip_special_tokens=True).", cause)
+    assert tok.padding_side == "left", (
+        f"Called {call} with tok.padding_side = 'left'. Afterwards tok.padding_side = {tok.padding_side!r}; expected "
+        "'left'.\nBecause the tokenizer's padding side goes back to what it was before the call, whatever that was."
+    )
+
+
+class _Boom(Exception):
+    """Raised by the checks' own model in the middle of generating."""
+
+
+@pytest.mark.exercise("text_generation")
+def test_generation_restores_the_mode_when_generation_fails(impl, gen_model, ref_tok):
+    model = copy.deepcopy(gen_model).train()
+
+    def fail(module, args, kwargs):
+        raise _Boom("the checks' model fails on purpose")
+
+    model.register_forward_pre_hook(fail, with_kwargs=True)
+    call = f"text_generation(model, tok, {PROMPTS[1]!r}, max_new_tokens=3) with a model in train mode whose forward " \
+           "raises an error"
+    with pytest.raises(_Boom):
+        impl.text_generation(model, copy.deepcopy(ref_tok), PROMPTS[1], 3)
+    assert model.training, (
+        f"Called {call}. It raised the model's error and left model.training = False; expected True.\nBecause the "
+        "mode goes back in a finally: block (model.train(was_training)), so that it is restored even when generation "
+        "fails."
+    )
+
+
 @pytest.mark.exercise("text_generation")
 @pytest.mark.parametrize("bad", [0, -3, True, 2.0])
 def test_generation_rejects_bad_max_new_tokens(impl, gen_model, ref_tok, bad):
@@ -432,13 +548,23 @@ def _expected_item(tok, text: str, max_length: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)}
 
 
+def _tok_settings(tok) -> dict:
+    return {"padding_side": tok.padding_side, "truncation_side": tok.truncation_side, "pad_token": tok.pad_token,
+            "eos_token": tok.eos_token, "len": len(tok)}
+
+
 def _check_dataset(impl, tok, texts, max_length, call, what=""):
-    ds = impl.CausalLMDataset(texts, tok, max_length) if max_length != 512 else impl.CausalLMDataset(texts, tok)
+    pristine = copy.deepcopy(tok)  # the oracle's tokenizer: what the dataset does to `tok` cannot reach it
+    try:
+        ds = impl.CausalLMDataset(texts, tok, max_length) if max_length != 512 else impl.CausalLMDataset(texts, tok)
+    except ValueError as err:
+        _fail(f"{call} with texts = {texts!r:.80}{what}", f"nothing: it raised ValueError({str(err)!r})", "a dataset",
+              f"these texts are valid: any sequence of strings will do (here a {type(texts).__name__}).")
     assert len(ds) == len(texts), f"Called len({call}). Returned {len(ds)}; expected {len(texts)}."
     for i, text in enumerate(texts):
         for _ in range(2):  # read twice: nothing may change between reads
             item = ds[i]
-            want = _expected_item(tok, text, max_length)
+            want = _expected_item(pristine, text, max_length)
             assert isinstance(item, dict) and set(item) == set(want), (
                 f"Called {call}[{i}]. Returned {describe(item)}; expected a dict with keys {sorted(want)}."
             )
@@ -448,7 +574,8 @@ def _check_dataset(impl, tok, texts, max_length, call, what=""):
                       and torch.equal(got, value))
                 if not ok:
                     cause = _cause("CausalLMDataset",
-                                   lambda cls, i=i, key=key: cls(list(texts), copy.deepcopy(tok), max_length)[i][key],
+                                   lambda cls, i=i, key=key: cls(list(texts), copy.deepcopy(pristine),
+                                                                 max_length)[i][key],
                                    lambda t, g=got: isinstance(g, torch.Tensor) and t.shape == g.shape
                                    and torch.equal(t, g))
                     _fail(f"{call}[{i}] with text {text!r}{what}", f"{key} = {describe(got)}",
@@ -456,6 +583,12 @@ def _check_dataset(impl, tok, texts, max_length, call, what=""):
                           "input_ids and attention_mask are the tokenizer's, truncated and padded to max_length on the "
                           "tokenizer's padding side, and labels are input_ids with -100 exactly where "
                           "attention_mask is 0 (the loss ignores padding, and only padding).", cause)
+    before, after = _tok_settings(pristine), _tok_settings(tok)
+    assert after == before, (
+        f"Called {call} and read every item{what}. The tokenizer passed in changed: "
+        f"{ {k: f'{before[k]!r} -> {after[k]!r}' for k in before if before[k] != after[k]} }.\nBecause the caller's "
+        "tokenizer is only read: the dataset pads on the side the tokenizer already has, and never changes it."
+    )
     return ds
 
 
@@ -479,7 +612,7 @@ def test_dataset_items_mask_padding_in_labels(impl, ref_tok, max_length):
 def test_dataset_keeps_real_eos_when_pad_is_eos(impl, ref_tok):
     tok = copy.deepcopy(ref_tok)
     tok.pad_token = tok.eos_token  # the learning path's setting: pad and eos share id 1
-    _check_dataset(impl, tok, ["a<|endoftext|>b<|endoftext|>", "the cat sat<|endoftext|>"], 12,
+    _check_dataset(impl, tok, ("a<|endoftext|>b<|endoftext|>", "the cat sat<|endoftext|>"), 12,  # a tuple will do
                    "CausalLMDataset(texts, tok, max_length=12)", " and pad_token = eos_token")
 
 
@@ -507,7 +640,7 @@ def test_dataset_copies_the_list_and_batches(impl, ref_tok):
 
 
 @pytest.mark.exercise("CausalLMDataset")
-@pytest.mark.parametrize("case", ["no_pad", "zero", "bool", "string", "empty"])
+@pytest.mark.parametrize("case", ["no_pad", "zero", "bool", "float", "string", "empty", "non_string"])
 def test_dataset_rejects_bad_arguments(impl, ref_tok, case):
     tok, texts, max_length = ref_tok, ["the cat"], 8
     if case == "no_pad":
@@ -517,12 +650,22 @@ def test_dataset_rejects_bad_arguments(impl, ref_tok, case):
         max_length = 0
     elif case == "bool":
         max_length = True
+    elif case == "float":
+        max_length = 8.0
     elif case == "string":
         texts = "the cat"
+    elif case == "non_string":
+        texts = ["the cat", 7]
     else:
         texts = []
-    with pytest.raises(ValueError):
+    try:
         impl.CausalLMDataset(texts, tok, max_length)
+    except ValueError:
+        return
+    _fail(f"CausalLMDataset({texts!r}, tok{' without a pad token' if case == 'no_pad' else ''}, {max_length!r})",
+          "a dataset", "a ValueError from __init__", "the docstring promises it for a tokenizer without a pad token, "
+          "a max_length that is not a positive int (bools and floats are not ints), and texts that are a single "
+          "string, empty, or hold something other than a string: found at once, not when an item is read.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,7 +693,7 @@ def ft_start(reference, ref_tok):
 
 
 def _run_fine_tune(module, start, tok, folder, **kwargs):
-    model = copy.deepcopy(start)
+    model, tok = copy.deepcopy(start), copy.deepcopy(tok)  # what one run does to them stays in that run
     with seeded(0):  # Trainer seeds the global RNG: restore it afterwards
         losses = module.fine_tune(model, tok, list(FT_TEXTS), folder, **kwargs)
     return model, losses
@@ -644,7 +787,9 @@ def test_fine_tune_saves_a_checkpoint_that_reloads(impl, fine_tuned, ft_start, r
     tok = AutoTokenizer.from_pretrained(folder)
     assert tok(FT_TEXTS[0]).input_ids == ref_tok(FT_TEXTS[0]).input_ids and tok.pad_token_id == 0, (
         "Called fine_tune(model, tok, texts, output_dir), then AutoTokenizer.from_pretrained(output_dir). It did not "
-        "give back the tokenizer.\nBecause Trainer(processing_class=tokenizer) makes save_model() save it too."
+        f"give back the tokenizer passed in (pad token {tok.pad_token!r}, id {tok.pad_token_id}; expected '<pad>', "
+        "id 0).\nBecause Trainer(processing_class=tokenizer) makes save_model() save it too, as it is: fine_tune "
+        "does not change the tokenizer (no pad_token = eos_token: it already has its own pad token)."
     )
 
 
@@ -675,7 +820,8 @@ def test_fine_tune_first_step_moves_weights_by_the_learning_rate(impl, fine_tune
         f"Called {call} on {len(FT_TEXTS)} texts. It made {len(losses)} optimizer step(s) and moved the weights by "
         f"at most {moved:.6g}; expected 1 step moving them by at most learning_rate = {lr:g}.\nBecause one batch "
         "holds every text, and AdamW's first step moves each weight by the learning rate (default 5e-4) times "
-        "g / (|g| + eps), which is 1 in size for every weight whose gradient is not tiny."
+        "g / (|g| + eps), which is 1 in size for every weight whose gradient is not tiny; Trainer's default weight "
+        "decay of 0 adds nothing to that."
     )
 
 
@@ -778,13 +924,15 @@ def test_lora_a_follows_kaiming_uniform(impl):
     )
 
 
-LORA_CASES = [(6, 4, 2, 3.0, (5,)), (5, 7, 1, 16, (2, 3)), (8, 3, 3, 3, ()), (4, 4, 2, 1.5, (0,))]
+# (n_in, n_out, r, alpha, leading dims of x, whether the base layer has a bias)
+LORA_CASES = [(6, 4, 2, 3.0, (5,), True), (5, 7, 1, 16, (2, 3), True), (8, 3, 3, 3, (), False),
+              (4, 4, 2, 1.5, (0,), True)]
 
 
 @pytest.mark.exercise("LoRALinear")
-@pytest.mark.parametrize("n_in, n_out, r, alpha, lead", LORA_CASES)
-def test_lora_equals_peft_forward_backward_and_merge(impl, n_in, n_out, r, alpha, lead):
-    base = _base(5, n_in, n_out)
+@pytest.mark.parametrize("n_in, n_out, r, alpha, lead, bias", LORA_CASES)
+def test_lora_equals_peft_forward_backward_and_merge(impl, n_in, n_out, r, alpha, lead, bias):
+    base = _base(5, n_in, n_out, bias=bias)
     lora = _lora(impl, copy.deepcopy(base), r, alpha)
     with torch.no_grad():
         lora.lora_B.copy_(torch.randn(n_out, r, generator=generator(6), dtype=DT))
@@ -792,7 +940,8 @@ def test_lora_equals_peft_forward_backward_and_merge(impl, n_in, n_out, r, alpha
     theirs = _peft_lora(base, lora, r, alpha)
     x = torch.randn(*lead, 2 * n_in, generator=generator(8), dtype=DT)[..., ::2]  # a strided view
     x_before = x.clone()
-    call = f"LoRALinear(nn.Linear({n_in}, {n_out}), r={r}, alpha={alpha})(x) with x of shape {tuple(x.shape)}"
+    call = (f"LoRALinear(nn.Linear({n_in}, {n_out}{'' if bias else ', bias=False'}), r={r}, alpha={alpha})(x) with x "
+            f"of shape {tuple(x.shape)}")
     got, want = lora(x), theirs(x)
     cause = _cause("LoRALinear", lambda cls: _with_ab(cls(copy.deepcopy(base), r, alpha), lora)(x),
                    lambda out: out.shape == got.shape and torch.allclose(out, got, rtol=1e-7, atol=1e-10))
@@ -858,8 +1007,15 @@ def test_lora_dropout_acts_on_the_adapter_input_only(impl, reference):
         with seeded(13), torch.no_grad():
             return lora(x)
 
+    x_before = x.clone()
     for train in (True, False):
-        got, want = run(impl.LoRALinear, train), run(reference.LoRALinear, train)
+        got = run(impl.LoRALinear, train)
+        assert torch.equal(x, x_before), (
+            f"Called LoRALinear(nn.Linear(6, 5), r=2, alpha=4.0, dropout=0.5)(x) in {'train' if train else 'eval'} "
+            "mode. It changed x in place.\nBecause the caller's input is only read: nn.Dropout(dropout), not "
+            "inplace=True, returns a new tensor."
+        )
+        want = run(reference.LoRALinear, train)
         cause = _cause("LoRALinear", lambda cls, t=train: run(cls, t), lambda out, g=got: torch.allclose(out, g))
         assert_close(got, want, call=f"LoRALinear(nn.Linear(6, 5), r=2, alpha=4.0, dropout=0.5)(x) in "
                      f"{'train' if train else 'eval'} mode, under torch.manual_seed(13)",
@@ -920,10 +1076,10 @@ def _lora_model_call(r, alpha, dropout, targets):
     return f"setup_lora_model(model{''.join(f', {k}={v!r}' for k, v in given.items())})"
 
 
-def _setup(module, base, r, alpha, dropout, targets):
+def _setup(module, base, r, alpha, dropout, targets, copy_first=True):
     given = {k: v for k, v in (("r", r), ("alpha", alpha), ("dropout", dropout), ("target_modules", targets))
              if v is not None}
-    return module.setup_lora_model(copy.deepcopy(base), **given)
+    return module.setup_lora_model(copy.deepcopy(base) if copy_first else base, **given)
 
 
 @pytest.mark.exercise("setup_lora_model")
@@ -933,10 +1089,15 @@ def test_lora_model_trains_only_the_adapters(impl, small_lm, r, alpha, dropout, 
     from peft.tuners.lora import LoraLayer
 
     call = _lora_model_call(r, alpha, dropout, targets)
-    model = _setup(impl, small_lm, r, alpha, dropout, targets)
+    passed = copy.deepcopy(small_lm)
+    model = _setup(impl, passed, r, alpha, dropout, targets, copy_first=False)
     assert isinstance(model, PeftModelForCausalLM), (
         f"Called {call}. Returned {type(model).__name__}; expected a peft PeftModelForCausalLM.\nBecause "
         "LoraConfig(task_type=TaskType.CAUSAL_LM) makes get_peft_model return the causal-LM wrapper."
+    )
+    assert model.get_base_model() is passed, (
+        f"Called {call}. The returned wrapper holds another model than the one passed in.\nBecause get_peft_model "
+        "adds the adapters to the model it is given, in place (no copy): the caller's model is the one that trains."
     )
     rank, a, p = 8 if r is None else r, 32 if alpha is None else alpha, 0.1 if dropout is None else dropout
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
@@ -1012,10 +1173,15 @@ def _ab_of(layer):
 
 
 @pytest.mark.exercise("setup_lora_model")
-@pytest.mark.parametrize("r", [0, True])
+@pytest.mark.parametrize("r", [0, -2, True, 2.0])
 def test_lora_model_rejects_bad_rank(impl, small_lm, r):
-    with pytest.raises(ValueError):
+    with pytest.raises((ValueError, TypeError)) as info:  # a TypeError is reported below, with what was expected
         impl.setup_lora_model(copy.deepcopy(small_lm), r=r)
+    assert info.type is ValueError, (
+        f"Called setup_lora_model(model, r={r!r}). It raised {info.type.__name__}({str(info.value)!r:.200}); expected "
+        "a ValueError.\nBecause r must be a positive int (a bool or a float is not one): check it yourself before "
+        "building the LoraConfig, rather than leaving it to peft."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1056,13 +1222,15 @@ def test_prompt_tuning_structure(impl, small_lm, P):
 
 @pytest.mark.exercise("PromptTuning")
 def test_prompt_tuning_initial_scale(impl, small_lm):
+    model = copy.deepcopy(small_lm)
+    model.config.initializer_range = target = 0.05  # not GPT-2's 0.02: the scale is read from the config
     with seeded(31):
-        pt = impl.PromptTuning(copy.deepcopy(small_lm), 100)
+        pt = impl.PromptTuning(model, 100)
     prompt = pt.prompt.detach()
     std, mean = prompt.std().item(), prompt.mean().item()
-    target = small_lm.config.initializer_range
     assert abs(std - target) < 0.1 * target and abs(mean) < 0.15 * target, (
-        f"Called PromptTuning(model, num_virtual_tokens=100). The prompt has std {std:.4g} and mean {mean:.3g}; "
+        f"Called PromptTuning(model with config.initializer_range = {target}, num_virtual_tokens=100). The prompt "
+        f"has std {std:.4g} and mean {mean:.3g}; "
         f"expected std {target} (model.config.initializer_range) and mean 0.\nBecause it starts at the scale of the "
         "model's own embeddings: torch.randn(P, E) * initializer_range."
     )
@@ -1070,27 +1238,42 @@ def test_prompt_tuning_initial_scale(impl, small_lm):
 
 @pytest.mark.exercise("PromptTuning")
 @pytest.mark.parametrize("P", [1, 4])
-@pytest.mark.parametrize("with_mask", [True, False])
-def test_prompt_tuning_equals_peft(impl, small_lm, P, with_mask):
+@pytest.mark.parametrize("given", ["ids", "mask_and_labels", "labels"])
+def test_prompt_tuning_equals_peft(impl, small_lm, P, given):
     pt = impl.PromptTuning(copy.deepcopy(small_lm), P).eval()
     with torch.no_grad():
         pt.prompt.copy_(torch.randn(P, 16, generator=generator(P), dtype=DT) * 0.5)
     theirs = _peft_prompt(small_lm, pt.prompt.detach())
     kwargs = {"input_ids": IDS.clone()}
-    if with_mask:
+    if given == "mask_and_labels":
         kwargs.update(attention_mask=MASK.clone(), labels=IDS.masked_fill(MASK == 0, -100).clone())
+    elif given == "labels":  # no attention_mask: every token is real, and each has its label
+        kwargs.update(labels=IDS.clone())
+    with_labels = "labels" in kwargs
     pristine = copy.deepcopy(kwargs)
     call = f"PromptTuning(model, num_virtual_tokens={P})({', '.join(f'{k}={describe(v)}' for k, v in kwargs.items())})"
-    got, want = pt(**kwargs), theirs(**copy.deepcopy(pristine))
+    try:
+        got = pt(**kwargs)
+    except (ValueError, RuntimeError) as err:  # lengths that do not fit together, found by the model
+        _fail(call, f"nothing: it raised {type(err).__name__}({str(err)!r:.200})", "the model's output for all P + T "
+              "positions", "the prompt's P positions go in front of everything that has a length: the embeddings, "
+              "the attention mask (P ones, made of all ones when none is given) and the labels (P times -100, "
+              "whether or not a mask is given).")
+    want = theirs(**copy.deepcopy(pristine))
     for k, v in pristine.items():
         assert torch.equal(kwargs[k], v), f"Called {call}. It modified its argument `{k}` in place."
+    assert isinstance(getattr(got, "logits", None), torch.Tensor), (
+        f"Called {call}. Returned {describe(got)}; expected the model's own output, with .logits"
+        f"{' and .loss' if with_labels else ''}.\nBecause forward returns self.model(inputs_embeds=..., "
+        "attention_mask=..., labels=...) as it is."
+    )
     cause = _cause("PromptTuning", lambda cls: _with_prompt(cls(copy.deepcopy(small_lm), P), pt.prompt)(
         **copy.deepcopy(pristine)).logits, lambda out: out.shape == got.logits.shape
         and torch.allclose(out, got.logits, atol=1e-10))
     assert_close(got.logits, want.logits, call=call + ".logits", cause=cause, because="the prompt goes in FRONT of "
                  "the token embeddings, every position may attend to it, and the logits keep all P + T positions, "
                  "as peft's prompt tuning does.", **TIGHT)
-    if with_mask:
+    if with_labels:
         lcause = _cause("PromptTuning", lambda cls: _with_prompt(cls(copy.deepcopy(small_lm), P), pt.prompt)(
             **copy.deepcopy(pristine)).loss, lambda loss: torch.allclose(loss, got.loss, atol=1e-10))
         assert_close(got.loss, want.loss, call=call + ".loss", cause=lcause, because="the P prompt positions get "

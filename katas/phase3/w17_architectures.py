@@ -145,10 +145,11 @@ class GPT2(nn.Module):
     LayerNorm gains 1 and biases 0; the two ``c_proj`` weights of each block, which write into the residual
     stream, use std ``initializer_range / sqrt(2 * n_layer)`` so that the stream does not grow with depth.
 
-    ``forward(input_ids)``: ids (B, T) of any integer dtype, 1 <= T <= ``n_positions`` (a longer T is a
-    ``ValueError`` naming T and the limit); embeddings ``wte(ids) + wpe(0..T-1)``, ``drop``, the blocks,
-    ``ln_f``, ``lm_head``. Returns logits (B, T, V) in the dtype of the parameters. Everything lives on the
-    device of ``input_ids`` (positions included). Dropout acts in ``train()`` mode only.
+    ``forward(input_ids)``: ids (B, T), int64 or int32 (the index types ``nn.Embedding`` takes),
+    1 <= T <= ``n_positions`` (a longer T is a ``ValueError`` naming T and the limit); embeddings
+    ``wte(ids) + wpe(0..T-1)``, ``drop``, the blocks, ``ln_f``, ``lm_head``. Returns logits (B, T, V) in the
+    dtype of the parameters. Everything lives on the device of ``input_ids`` (positions included). Dropout acts
+    in ``train()`` mode only.
 
     Example::
 
