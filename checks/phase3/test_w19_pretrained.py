@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -704,12 +705,15 @@ def fine_tuned(ft_start, ref_tok, tmp_path_factory):
     """``fine_tuned(module, **kwargs)`` -> (model, losses, output_dir) of one fine_tune run from ``ft_start``.
 
     Each run is a Trainer training, so a configuration that several checks look at trains once per session;
-    the checks only read the model, the losses and the folder."""
+    the checks only read the model, the losses and the folder. Under mutation testing (mutmut sets
+    MUTANT_UNDER_TEST) every check trains for itself: for each mutant, mutmut runs only the checks that called
+    the mutated function, and a check served from this cache never calls it."""
     runs = {}
+    share = "MUTANT_UNDER_TEST" not in os.environ
 
     def run(module, **kwargs):
         key = (module, tuple(sorted(kwargs.items())))
-        if key not in runs:
+        if key not in runs or not share:
             folder = tmp_path_factory.mktemp("fine_tune")
             runs[key] = (*_run_fine_tune(module, ft_start, ref_tok, folder, **kwargs), folder)
         return runs[key]
