@@ -252,5 +252,7 @@ def mutated_reference(kata: str, symbol: str, replace: tuple[tuple[str, str], ..
     # so verify counts an exception raised there as one raised by the code under test.
     filename = f"{original.__file__}<{name}>"
     linecache.cache[filename] = (len(mutated), None, mutated.splitlines(keepends=True), filename)
-    exec(compile(mutated, filename, "exec"), module.__dict__)  # noqa: S102
+    # dont_inherit: the reference's own __future__ imports apply, not this file's (postponed annotations would
+    # hide request models defined inside a function from FastAPI)
+    exec(compile(mutated, filename, "exec", dont_inherit=True), module.__dict__)  # noqa: S102
     return module
