@@ -75,9 +75,7 @@ class Entry:
             if self.is_mutant:
                 return getattr(mutated_reference(self.kata, self.symbol, self.replace), symbol)
             from .impl import patched_reference
-            from .registry import load
-
-            return getattr(patched_reference(load().kata(self.kata), {self.symbol: self.obj}, self.name), symbol)
+            return getattr(patched_reference(_registry().kata(self.kata), {self.symbol: self.obj}, self.name), symbol)
         if not self.is_mutant:
             return self.obj
         return getattr(mutated_reference(self.kata, self.symbol, self.replace), self.symbol)
@@ -143,9 +141,7 @@ def mistakes_within(kata: str, symbol: str) -> list[Entry]:
     A GPT-2 exercise whose model is built of an ``MLP`` class gets the MLP's mistakes too. A part with an
     exercise of its own (the optimizer a training loop uses) is left out: its own checks name its mistakes.
     """
-    from .registry import load
-
-    exercise = next((e for e in load().exercises if e.kata == kata and symbol in e.symbols), None)
+    exercise = next((e for e in _registry().exercises if e.kata == kata and symbol in e.symbols), None)
     parts = parts_of(kata, symbol) & set(exercise.symbols if exercise else ())
     return mistakes_for(kata, symbol) + [e for e in catalogue(kata) if e.kind == "mistake" and e.symbol in parts]
 
@@ -172,10 +168,16 @@ def parts_of(kata: str, symbol: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def _reference_module_name(kata: str) -> str:
+@functools.cache
+def _registry():
+    """The registry, read once: the catalogue looks katas and exercises up in it while a learner's check fails."""
     from .registry import load
 
-    return f"reference.{load().kata(kata).module}"
+    return load()
+
+
+def _reference_module_name(kata: str) -> str:
+    return f"reference.{_registry().kata(kata).module}"
 
 
 def symbol_source_span(source: str, symbol: str) -> tuple[int, int]:
