@@ -1,4 +1,5 @@
-"""Hugging Face models in the checks: real pre-trained ones for the optional ``hub`` checks, and a warm-up.
+"""Hugging Face models and tokenizers in the checks: real pre-trained ones for the optional ``hub`` checks,
+tokenizers trained on the spot, and a warm-up.
 
 Every other check builds tiny random models from configs and needs no network. A ``hub`` check compares the
 learner's code with a real model (GPT-2's 124M weights, say) when those weights are already in the local
@@ -8,7 +9,9 @@ skipped with the command that would fetch them.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
 
 import pytest
 
@@ -44,3 +47,27 @@ def warm_up_saving() -> None:
     with tempfile.TemporaryDirectory() as folder:
         GPT2LMHeadModel(config).save_pretrained(folder)
         GPT2LMHeadModel.from_pretrained(folder)
+
+
+@functools.cache
+def _byte_level_bpe(texts: tuple[str, ...], vocab_size: int, special_tokens: tuple[str, ...]) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # every byte has a token
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer.to_str()
+
+
+def byte_level_bpe(texts: Sequence[str], vocab_size: int,
+                   special_tokens: Sequence[str] = ("<pad>", "<|endoftext|>")) -> str:
+    """A byte-level BPE tokenizer (GPT-2's kind) trained on ``texts``, as the JSON ``Tokenizer.from_str`` reads.
+
+    The special tokens get the ids 0, 1, ... in their order; any text can be encoded, since every byte has a
+    token. Training takes milliseconds on a few hundred short texts, and the result is kept per process, so a
+    check file and a process it starts (a served app) build the same tokenizer.
+    """
+    return _byte_level_bpe(tuple(texts), vocab_size, tuple(special_tokens))

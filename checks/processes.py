@@ -12,19 +12,19 @@ runs out of time.
 
 - ``run_distributed(worker, world_size, impl, *args)``: ``worker(module, rank, world_size, *args)`` in
   ``world_size`` processes joined in a gloo process group; returns each rank's result.
-- ``serve(factory, impl)``: a context manager serving the ASGI app that ``factory`` ("module:function")
-  builds with uvicorn in a child process; yields the base URL.
+- ``serve(factory, impl)``: a context manager serving the ASGI app that ``factory()`` builds with uvicorn in
+  a child process; yields the server's URL and output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +36,6 @@ from typing import Any
 
 import pytest
 
-from checks.harness import paths
 from checks.harness.impl import IMPL_ENV, load_spec
 from checks.harness.outcomes import is_not_implemented
 
@@ -104,9 +103,13 @@ def _worker_main(rank: int, world_size: int, port: int, spec: str, kata: str, wo
             dist.destroy_process_group()
         torch.save(result, Path(folder) / f"{rank}.pt")
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the check, which reports it
-        text = "".join(traceback.format_exception(err))
-        record = {"outcome": _outcome_of(err), "error": f"{type(err).__name__}: {err}", "traceback": text}
-        (Path(folder) / f"{rank}.json").write_text(json.dumps(record), encoding="utf-8")
+        _record_failure(Path(folder) / f"{rank}.json", err)
+
+
+def _record_failure(path: Path, err: BaseException) -> None:
+    text = "".join(traceback.format_exception(err))
+    record = {"outcome": _outcome_of(err), "error": f"{type(err).__name__}: {err}", "traceback": text}
+    path.write_text(json.dumps(record), encoding="utf-8")
 
 
 def run_distributed(worker: Callable, world_size: int, impl: ModuleType, *args: Any, kata: str,
@@ -151,7 +154,7 @@ def run_distributed(worker: Callable, world_size: int, impl: ModuleType, *args: 
         if failures:
             # one rank's real failure makes the others fail too (their peer hung up): report the real one
             rank, record = min(failures, key=lambda f: (FAILURE_ORDER.index(f[1]["outcome"]), f[0]))
-            _raise_worker_failure(record, rank, world_size)
+            _raise_child_failure(record, f"in worker process {rank} of {world_size}")
         results = []
         for rank, process in enumerate(processes):
             result = Path(folder) / f"{rank}.pt"
@@ -162,8 +165,7 @@ def run_distributed(worker: Callable, world_size: int, impl: ModuleType, *args: 
         return results
 
 
-def _raise_worker_failure(record: dict, rank: int, world_size: int) -> None:
-    where = f"in worker process {rank} of {world_size}"
+def _raise_child_failure(record: dict, where: str) -> None:
     if record["outcome"] == "todo":
         raise NotImplementedError(f"{record['error'].partition(': ')[2]} ({where})")
     if record["outcome"] == "caught":
@@ -175,65 +177,83 @@ def _raise_worker_failure(record: dict, rank: int, world_size: int) -> None:
 # a served app
 
 
-@contextlib.contextmanager
-def serve(factory: str, impl: ModuleType, *, startup_timeout: float = 60.0) -> Iterator[str]:
-    """Serve the ASGI app ``factory()`` builds with uvicorn on 127.0.0.1 in a child process; yield its URL.
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A server started by ``serve``: its base URL, and its output so far (for failure messages)."""
 
-    ``factory`` is "package.module:function"; it runs in the child, where ``implementation(kata)`` gives the
-    code under test. The URL is yielded once the server accepts connections (uvicorn opens its socket only
-    after the app's start-up has finished). If the server exits or does not come up within
-    ``startup_timeout`` seconds, the check fails with the end of the server's output. On leaving the block
-    the server's whole process group is stopped.
+    url: str
+    log_path: Path
+
+    def output(self) -> str:
+        """The end of everything the server process has printed (uvicorn logs the app's tracebacks there)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL:]
+
+
+@contextlib.contextmanager
+def serve(factory: Callable[[], Any], impl: ModuleType, *, startup_timeout: float = 60.0) -> Iterator[Served]:
+    """Serve the ASGI app ``factory()`` builds with uvicorn on 127.0.0.1 in a child process; yield a ``Served``.
+
+    ``factory`` must be a top-level function of an importable module; it runs in the child, where
+    ``implementation(kata)`` gives the code under test (the child is forked where the system allows it, so
+    nothing is imported twice). The server is yielded once it accepts connections (uvicorn opens its socket
+    only after the app's start-up has finished). A failure while the app is built is reported like a
+    worker's in ``run_distributed`` (a stub that is not written yet counts as not done); a server that exits
+    or does not come up within ``startup_timeout`` seconds fails the check with the end of its output. On
+    leaving the block the server's whole process group is stopped.
     """
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     port = free_port()
-    env = {**os.environ, IMPL_ENV: spec_of(impl), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(paths.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen([sys.executable, "-m", "checks.processes", factory, str(port)], cwd=paths.ROOT,
-                                  env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+    with tempfile.TemporaryDirectory(prefix="kata-server-") as folder:
+        served = Served(f"http://127.0.0.1:{port}", Path(folder) / "output.log")
+        served.log_path.touch()
+        server = multiprocessing.get_context(method).Process(
+            target=_serve_main, args=(factory, port, spec_of(impl), folder), daemon=True)
+        server.start()
         try:
-            _wait_until_listening(server, port, startup_timeout, log)
-            yield f"http://127.0.0.1:{port}"
+            _wait_until_listening(server, port, startup_timeout, served)
+            yield served
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(5)
-            except subprocess.TimeoutExpired:
-                _kill_group(server.pid)
-                server.wait(5)
+                os.killpg(server.pid, signal.SIGTERM)  # uvicorn shuts down cleanly on SIGTERM
+            server.join(5)
+            _kill_group(server.pid)
+            if server.is_alive():  # killed before it had its own process group
+                server.kill()
+            server.join(5)
 
 
-def _wait_until_listening(server: subprocess.Popen, port: int, timeout: float, log) -> None:
+def _wait_until_listening(server, port: int, timeout: float, served: Served) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"The server exited with code {server.returncode} before it listened. Its output ends:\n"
-                        f"{_tail(log)}", pytrace=False)
+        if not server.is_alive():
+            failure = served.log_path.with_name("failure.json")
+            if failure.exists():
+                _raise_child_failure(json.loads(failure.read_text(encoding="utf-8")),
+                                     "in the server process, while the app was built")
+            pytest.fail(f"The server exited with code {server.exitcode} before it listened. Its output ends:\n"
+                        f"{served.output()}", pytrace=False)
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
     pytest.fail(f"The server did not listen on 127.0.0.1:{port} within {timeout:g} s. Its output ends:\n"
-                f"{_tail(log)}", pytrace=False)
+                f"{served.output()}", pytrace=False)
 
 
-def _tail(log) -> str:
-    log.seek(0)
-    return log.read().decode("utf-8", "replace")[-LOG_TAIL:]
-
-
-def _serve_main(factory: str, port: int) -> None:
-    import importlib
-
+def _serve_main(factory: Callable[[], Any], port: int, spec: str, folder: str) -> None:
     import torch
+
+    os.setsid()  # its own process group, which the parent stops as a whole
+    output = open(Path(folder) / "output.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open until exit
+    os.dup2(output.fileno(), 1)
+    os.dup2(output.fileno(), 2)
+    sys.stdout = sys.stderr = output  # the check process's capture objects are not this process's to write to
+    os.environ.update({IMPL_ENV: spec, "HF_HUB_OFFLINE": "1"})
+    torch.set_num_threads(1)
+    try:
+        app = factory()
+    except BaseException as err:  # noqa: BLE001 - the parent reports it as what it is
+        _record_failure(Path(folder) / "failure.json", err)
+        raise SystemExit(1) from None
     import uvicorn
 
-    torch.set_num_threads(1)
-    module_name, _, function = factory.partition(":")
-    app = getattr(importlib.import_module(module_name), function)()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-
-
-if __name__ == "__main__":
-    _serve_main(sys.argv[1], int(sys.argv[2]))

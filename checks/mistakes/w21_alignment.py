@@ -65,6 +65,13 @@ def format_without_type_checks(item):
 def format_input_required(): ...
 
 
+@mutant("format_instruction", "a blank input (spaces, a newline) is taken for no input: the docstring asks for the "
+                              "Input section whenever the input is not empty, and nothing is stripped",
+        replace={"template = PROMPT_WITH_INPUT if extra else PROMPT_NO_INPUT":
+                 "template = PROMPT_WITH_INPUT if extra.strip() else PROMPT_NO_INPUT"})
+def format_blank_input_is_no_input(): ...
+
+
 @variant("format_instruction", "the text assembled from a list of sections joined by blank lines")
 def format_from_sections(item):
     for key in ("instruction", "output"):
@@ -165,6 +172,19 @@ def sft_sets_pad_token(tokenizer, item, max_length):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return build_sft_example(tokenizer, item, max_length)
+
+
+@mistake("build_sft_example", "the whole text is tokenized at once and the response's ids are cut off at the "
+                              "prompt's length: a token that straddles the boundary (a newline and the response's "
+                              "first space) shifts everything")
+def sft_tokenizes_the_whole_text(tokenizer, item, max_length):
+    prompt, _ = _sft_parts(tokenizer, item, max_length)
+    text = format_instruction(item)
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    response = whole[len(prompt):] + [tokenizer.eos_token_id]
+    ids = (prompt + response)[:max_length]
+    return _sft_tensors(ids, ([IGNORE_INDEX] * len(prompt) + response)[:max_length], max_length,
+                        tokenizer.pad_token_id)
 
 
 @mistake("build_sft_example", "the attention mask is float (1.0 / 0.0) instead of torch.long")
@@ -433,6 +453,19 @@ def mp_never_clips(): ...
 def mp_ignores_dtype(): ...
 
 
+@mutant("train_step_mixed_precision", "device_type is ignored: autocast always runs for the CPU, so a CUDA model "
+                                      "is never cast (and a CPU model stepped with device_type='cuda' is)",
+        replace={"with torch.autocast(device_type=device_type, dtype=dtype):":
+                 'with torch.autocast(device_type="cpu", dtype=dtype):'})
+def mp_ignores_device_type(): ...
+
+
+@mutant("train_step_mixed_precision", "a nan max_grad_norm is accepted (max_grad_norm <= 0 is False for nan): "
+                                      "clipping to nan turns every gradient into nan",
+        replace={"not max_grad_norm > 0": "max_grad_norm <= 0"})
+def mp_accepts_nan_norm(): ...
+
+
 @mistake("train_step_mixed_precision", "dtype defaults to float16 on every device, but on the CPU autocast's "
                                        "default (and the documented one) is bfloat16")
 def mp_float16_by_default(model, batch, optimizer, scaler=None, device_type="cpu", dtype=None, max_grad_norm=1.0):
@@ -455,7 +488,7 @@ def mp_accepts_zero_norm(): ...
 @variant("train_step_mixed_precision", "loss computed inside autocast (cross_entropy is autocast to float32 there), "
                                        "scaler always unscaled, gradients zeroed to 0 instead of None")
 def mp_loss_inside_autocast(model, batch, optimizer, scaler=None, device_type="cpu", dtype=None, max_grad_norm=1.0):
-    if max_grad_norm is not None and max_grad_norm <= 0:
+    if max_grad_norm is not None and not max_grad_norm > 0:  # nan is not positive either
         raise ValueError(f"max_grad_norm={max_grad_norm} must be positive")
     optimizer.zero_grad(set_to_none=False)
     with torch.autocast(device_type, dtype=dtype):
@@ -579,6 +612,33 @@ class RewardHeadWithoutBias(_RewardBase):
         return RewardModel.forward(self, input_ids, attention_mask)
 
 
+@mistake("RewardModel", "the last real token is found from the ids (the rightmost id that is not "
+                        "config.pad_token_id, GPT2ForSequenceClassification's rule): with pad == eos the final eos "
+                        "is skipped")
+class RewardAtLastNonPadId(_RewardBase):
+    def forward(self, input_ids, attention_mask):
+        from reference.phase3.w21_alignment import RewardModel
+
+        pad = getattr(self.base_model.config, "pad_token_id", None)
+        if pad is None:
+            return RewardModel.forward(self, input_ids, attention_mask)
+        hidden = self.hidden(input_ids, attention_mask)
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        last = (positions * (input_ids != pad)).argmax(-1)
+        return self.reward_head(hidden[torch.arange(len(hidden)), last])[:, 0]
+
+
+@mutant("RewardModel", "the head's bias is set to 0 instead of keeping nn.Linear's default initialisation",
+        replace={"dtype=like.dtype)\n": "dtype=like.dtype)\n        nn.init.zeros_(self.reward_head.bias)\n"})
+def reward_head_zero_bias(): ...
+
+
+@mutant("RewardModel", "the head's output is squeezed on every axis: a batch of one row gives a 0-dim tensor, not "
+                       "shape (1,)",
+        replace={"return self.reward_head(picked)[:, 0]": "return self.reward_head(picked).squeeze()"})
+def reward_squeezed(): ...
+
+
 @mutant("RewardModel", "a row without any real token is not rejected: it silently reads position 0",
         replace={"if empty:": "if False:"})
 def reward_accepts_empty_rows(): ...
@@ -603,6 +663,27 @@ class RewardByFlippedArgmax(nn.Module):
         hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         picked = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)
         return self.reward_head(picked)[:, 0]
+
+
+@variant("RewardModel", "the last real position as the argmax of position * mask (the largest position whose mask "
+                        "is 1), read with advanced indexing")
+class RewardByMaskedPositions(nn.Module):
+    def __init__(self, base_model):
+        super().__init__()
+        self.base_model = base_model
+        weight = next(base_model.parameters())
+        self.reward_head = nn.Linear(base_model.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
+
+    def forward(self, input_ids, attention_mask):
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(f"{tuple(input_ids.shape)} != {tuple(attention_mask.shape)}")
+        real = attention_mask != 0
+        if not real.any(-1).all():
+            raise ValueError(f"rows {torch.nonzero(~real.any(-1)).flatten().tolist()} are all padding")
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        last = (positions * real).argmax(-1)
+        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.reward_head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,6 +740,14 @@ def reward_loss_by_hand(chosen, rejected, margin=0.0):
         raise ValueError(f"shapes {tuple(chosen.shape)} and {tuple(rejected.shape)} must match and be non-empty")
     gap = chosen - rejected - margin
     return (torch.clamp(-gap, min=0) + torch.log1p(torch.exp(-gap.abs()))).mean()
+
+
+@variant("reward_loss", "binary cross-entropy with logits: the gap is a logit whose label is always 1")
+def reward_loss_bce(chosen, rejected, margin=0.0):
+    if chosen.shape != rejected.shape or chosen.numel() == 0:
+        raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)}: same non-empty shape")
+    gap = chosen - rejected - margin
+    return F.binary_cross_entropy_with_logits(gap, torch.ones_like(gap))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,6 +822,19 @@ def logprobs_ignore_attention_mask(model, input_ids, attention_mask, response_ma
     logits = model(input_ids=input_ids).logits
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     return torch.where(response[:, 1:], logp, 0.0).sum(-1)
+
+
+@mistake("sequence_logprobs", "the model is scored in eval mode (then put back in its mode): a policy in training "
+                              "loses its dropout, so these are not the log-probs of the network being trained")
+def logprobs_in_eval_mode(model, input_ids, attention_mask, response_mask):
+    from reference.phase3.w21_alignment import sequence_logprobs
+
+    training = model.training
+    model.eval()
+    try:
+        return sequence_logprobs(model, input_ids, attention_mask, response_mask)
+    finally:
+        model.train(training)
 
 
 @mutant("sequence_logprobs", "a response token at position 0 is accepted (and silently ignored)",
@@ -911,6 +1013,12 @@ def ppo_old_not_detached(): ...
 def ppo_advantages_not_detached(): ...
 
 
+@mutant("ppo_clip_loss", "the ratio is exp(logp_new) / exp(logp_old): 0 / 0 = nan once the log-probs of a long "
+                         "sequence underflow exp (below about -745 in float64, -104 in float32)",
+        replace={"torch.exp(logp_new - logp_old.detach())": "torch.exp(logp_new) / torch.exp(logp_old.detach())"})
+def ppo_ratio_of_exps(): ...
+
+
 @mutant("ppo_clip_loss", "the default clip is 0.1 instead of the documented 0.2",
         replace={"clip: float = 0.2": "clip: float = 0.1"})
 def ppo_default_clip(): ...
@@ -938,6 +1046,21 @@ def ppo_by_regions(logp_new, logp_old, advantages, clip=0.2):
     active = ((adv > 0) & (ratio > 1 + clip)) | ((adv < 0) & (ratio < 1 - clip))
     bounded = torch.where(adv > 0, torch.full_like(ratio, 1 + clip), torch.full_like(ratio, 1 - clip))
     return -torch.where(active, bounded * adv, ratio * adv).mean()
+
+
+@variant("ppo_clip_loss", "the clip applied to the log-ratio, between log(1 - clip) and log(1 + clip), then "
+                         "exponentiated")
+def ppo_clip_in_log_space(logp_new, logp_old, advantages, clip=0.2):
+    import math
+
+    if isinstance(clip, bool) or not 0.0 < clip < 1.0:
+        raise ValueError(f"clip {clip} is outside (0, 1)")
+    if not (logp_new.shape == logp_old.shape == advantages.shape) or logp_new.numel() == 0:
+        raise ValueError("logp_new, logp_old and advantages need one non-empty shape")
+    log_ratio = logp_new - logp_old.detach()
+    adv = advantages.detach()
+    bounded = log_ratio.clamp(math.log(1 - clip), math.log(1 + clip)).exp()
+    return -torch.min(log_ratio.exp() * adv, bounded * adv).mean()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1006,6 +1129,13 @@ def ddp_averages_parameters(model, batch, optimizer, loss_fn):
 @mutant("ddp_train_step", "no zero_grad(): the second step adds the first step's gradients in",
         replace={"optimizer.zero_grad()": "pass"})
 def ddp_without_zero_grad(): ...
+
+
+@mutant("ddp_train_step", "zero_grad() after the step instead of before: gradients the model already held when the "
+                          "step began are added into the first step",
+        replace={"optimizer.zero_grad()\n    inputs, targets = batch": "inputs, targets = batch",
+                 "optimizer.step()  # every process": "optimizer.step()\n    optimizer.zero_grad()  # every process"})
+def ddp_zero_grad_after_step(): ...
 
 
 @mutant("ddp_train_step", "returns this process's own loss instead of the mean over all processes",
@@ -1111,6 +1241,32 @@ def checkpoint_detached_input(block, x):
     from torch.utils.checkpoint import checkpoint
 
     return checkpoint(block, x.detach(), use_reentrant=False)
+
+
+@mistake("checkpointed_forward", "use_reentrant=True made to work by setting x.requires_grad_(): the gradients are "
+                                 "right, but the caller's tensor now requires a gradient")
+def checkpoint_marks_the_input(block, x):
+    from torch.utils.checkpoint import checkpoint
+
+    if not x.requires_grad and torch.is_grad_enabled():
+        x.requires_grad_()
+    return checkpoint(block, x, use_reentrant=True)
+
+
+@mistake("checkpointed_forward", "the block is put in train mode (checkpointing is for training), so a block the "
+                                 "caller set to eval mode runs its dropout")
+def checkpoint_forces_train_mode(block, x):
+    from torch.utils.checkpoint import checkpoint
+
+    block.train()
+    return checkpoint(block, x, use_reentrant=False)
+
+
+@variant("checkpointed_forward", "the bound forward method checkpointed, with every option spelled out")
+def checkpoint_bound_forward(block, x):
+    from torch.utils import checkpoint as ckpt
+
+    return ckpt.checkpoint(block.forward, x, use_reentrant=False, preserve_rng_state=True, determinism_check="none")
 
 
 @variant("checkpointed_forward", "checkpoint_sequential over (block, Identity) in two segments: it checkpoints every "

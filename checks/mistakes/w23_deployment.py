@@ -29,6 +29,7 @@ from reference.phase3.w23_deployment import (
     batch_generate,
     content_filter,
     corpus_bleu,
+    create_demo,
     quantize_int8,
 )
 
@@ -82,6 +83,13 @@ def eval_keeps_dropout(): ...
 @mutant("evaluate_model", "the model is left in eval mode after evaluating (its training mode is not restored)",
         replace={"model.train(was_training)  # leave": "pass  # leave"})
 def eval_leaves_eval_mode(): ...
+
+
+@mutant("evaluate_model", "the model's mode is restored only when the evaluation succeeds (no `finally`): an error in "
+                          "the loader leaves a model that was training in eval mode",
+        replace={"    finally:\n        model.train(was_training)  # leave": "    except Exception:\n        raise\n"
+                                                                             "    model.train(was_training)  # leave"})
+def eval_restores_mode_only_on_success(): ...
 
 
 @mutant("evaluate_model", "the evaluation runs with grad mode on, building a graph over the whole evaluation set",
@@ -170,6 +178,33 @@ def eval_gather_variant(model, loader):
     return math.inf if mean > 709.78 else math.exp(mean)
 
 
+@variant("evaluate_model", "per-token losses from F.nll_loss(reduction='none') collected and summed once at the end, "
+                           "the mode restored by a contextlib.ExitStack callback")
+def eval_nll_loss_variant(model, loader):
+    import contextlib
+
+    pieces = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(model.train, model.training)
+        model.train(False)
+        stack.enter_context(torch.no_grad())
+        for batch in loader:
+            ids, labels = batch["input_ids"], batch["labels"]
+            if tuple(ids.shape) != tuple(labels.shape):
+                raise ValueError(f"input_ids {list(ids.shape)} vs labels {list(labels.shape)}")
+            out = model(ids, attention_mask=batch["attention_mask"] if "attention_mask" in batch else None)
+            logits = out.logits if hasattr(out, "logits") else out
+            target = labels[..., 1:]
+            per_token = F.nll_loss(F.log_softmax(logits[..., :-1, :].double(), dim=-1).transpose(1, 2), target,
+                                   ignore_index=-100, reduction="none")
+            pieces.append(per_token[target != -100])
+    flat = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+    if flat.numel() == 0:
+        raise ValueError("no scored token in the loader")
+    mean = flat.sum().item() / flat.numel()
+    return math.inf if mean > 709 else math.exp(mean)
+
+
 # --------------------------------------------------------------------------------------------------
 # corpus_bleu
 
@@ -238,6 +273,12 @@ def bleu_wrong_smoothing(): ...
 def bleu_always_smoothed(): ...
 
 
+@mutant("corpus_bleu", "with smooth=True a corpus where nothing matches gets a score above 0 (every order smoothed) "
+                       "instead of 0",
+        replace={"if not any(matches):  # also": "if not any(matches) and not smooth:  # also"})
+def bleu_smooths_when_nothing_matches(): ...
+
+
 @mutant("corpus_bleu", "the brevity penalty is exp(1 - c / r) instead of exp(1 - r / c)",
         replace={"math.exp(1.0 - ref_len / hyp_len)": "math.exp(1.0 - hyp_len / ref_len)"})
 def bleu_inverted_brevity_penalty(): ...
@@ -299,6 +340,46 @@ def bleu_statistics_variant(hypotheses, references, max_order=4, smooth=False):
     return 100 * bp * math.exp(math.fsum(logs) / max_order)
 
 
+@variant("corpus_bleu", "exact fractions.Fraction precisions, n-grams counted order by order, the geometric mean as a "
+                        "product raised to 1/N")
+def bleu_fractions_variant(hypotheses, references, max_order=4, smooth=False):
+    from fractions import Fraction
+
+    if not isinstance(hypotheses, list | tuple) or not hypotheses or not all(type(h) is str for h in hypotheses):
+        raise ValueError(f"hypotheses: expected a non-empty list of str, got {hypotheses!r}")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} hypotheses vs {len(references)} references")
+    if type(max_order) is not int or max_order <= 0:
+        raise ValueError(f"max_order={max_order!r} is not a positive int")
+    hit, tot, c, r = [0] * (max_order + 1), [0] * (max_order + 1), 0, 0
+    for i, (hyp, refs) in enumerate(zip(hypotheses, references, strict=True)):
+        if not isinstance(refs, list | tuple) or not refs or any(type(x) is not str for x in refs):
+            raise ValueError(f"references[{i}] = {refs!r} is not a non-empty list of str")
+        h, rs = hyp.split(), [x.split() for x in refs]
+        c += len(h)
+        r += min(sorted(len(x) for x in rs), key=lambda n: abs(n - len(h)))
+        for n in range(1, max_order + 1):
+            counts = Counter(tuple(h[j:j + n]) for j in range(len(h) - n + 1))
+            cap: dict = {}
+            for x in rs:
+                for gram, k in Counter(tuple(x[j:j + n]) for j in range(len(x) - n + 1)).items():
+                    cap[gram] = max(cap.get(gram, 0), k)
+            hit[n] += sum(min(k, cap.get(gram, 0)) for gram, k in counts.items())
+            tot[n] += sum(counts.values())
+    if hit[1] == 0 or 0 in tot[1:]:
+        return 0.0
+    product, k = Fraction(1), 0
+    for n in range(1, max_order + 1):
+        if hit[n]:
+            product *= Fraction(hit[n], tot[n])
+        elif smooth:
+            k += 1
+            product *= Fraction(1, 2**k * tot[n])
+        else:
+            return 0.0
+    return 100 * (math.exp(1 - r / c) if c < r else 1.0) * float(product) ** (1 / max_order)
+
+
 # --------------------------------------------------------------------------------------------------
 # quantize_int8, dequantize, QuantizedLinear
 
@@ -338,6 +419,25 @@ def quant_scales_columns(w, per_channel=True):
     return torch.round(w / scale).clamp(-127, 127).to(torch.int8), scale
 
 
+@mistake("quantize_int8", "the per-channel scale is the max over the LAST dimension: one scale per row of a 2-D "
+                          "weight, but one per (row, ...) slice of a 3-D one instead of one per entry of dimension 0")
+def quant_scales_last_dimension(w, per_channel=True):
+    if not per_channel or w.ndim < 3:
+        return quantize_int8(w, per_channel)
+    absmax = w.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
+    return torch.round(w / scale).clamp(-127, 127).to(torch.int8), scale
+
+
+@mutant("quantize_int8", "the scale is computed in float64 and rounded to the weight's dtype only AFTER dividing: for "
+                         "bfloat16, q is then up to 0.61 steps away from w / (the returned scale)",
+        replace={"    scale = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))\n":
+                 "    absmax = absmax.double()\n    scale = torch.where(absmax > 0, absmax / INT8_MAX, "
+                 "torch.ones_like(absmax))\n",
+                 "    return q, scale\n": "    return q, scale.to(w.dtype)\n"})
+def quant_rounds_the_scale_late(): ...
+
+
 @mistake("quantize_int8", "the scale is always float32, whatever the weight's dtype")
 def quant_float32_scale(w, per_channel=True):
     q, scale = quantize_int8(w, per_channel)
@@ -364,6 +464,19 @@ class QLinearKeepsFloatWeight(QuantizedLinear):
 
 mistake("QuantizedLinear", "the float nn.Linear is kept as a submodule: its float weight stays in memory (and "
                            "trains)")(QLinearKeepsFloatWeight)
+
+
+class QLinearKeepsFloatTensor(QuantizedLinear):
+    """Keeps the float weight as a plain tensor attribute (not a buffer, so not in the state_dict)."""
+
+    def __init__(self, linear, per_channel=True):
+        super().__init__(linear, per_channel)
+        self.weight = linear.weight.detach()
+
+
+mistake("QuantizedLinear", "the float weight is kept as a plain tensor attribute (self.weight = "
+                           "linear.weight.detach()): not in the state_dict, but its memory is never freed")(
+    QLinearKeepsFloatTensor)
 
 
 @mutant("QuantizedLinear", "the bias is stored without a copy, so later changes to the float layer leak in",
@@ -395,7 +508,8 @@ mistake("QuantizedLinear", "the bias is an nn.Parameter: the quantised layer is 
     QLinearBiasParameter)
 
 
-@variant("quantize_int8", "multiplies by 127 / absmax (the reciprocal) and clamps zero rows through absmax.clamp")
+@variant("quantize_int8", "multiplies by the scale's reciprocal in float64 instead of dividing, and builds the zero "
+                          "rows' scale with new_ones")
 def quant_reciprocal_variant(w, per_channel=True):
     if not torch.is_floating_point(w):
         raise ValueError(f"needs a float tensor, not {w.dtype}")
@@ -412,7 +526,9 @@ def quant_reciprocal_variant(w, per_channel=True):
     nonzero = absmax > 0
     scale = torch.where(nonzero, absmax / 127, absmax.new_ones(()))
     wide = w.double()  # multiply in float64: a bfloat16 product keeps only 8 bits
-    q = (wide * torch.where(nonzero, 127 / absmax.double().clamp_min(1e-300), 1.0)).round()
+    # the reciprocal of the scale as returned (rounded to w's dtype), not 127 / absmax: for bfloat16 the two differ by
+    # up to 0.4 %, which moves q by up to 0.5 step away from w / scale
+    q = (wide * scale.double().reciprocal()).round()
     return q.clamp(-127, 127).to(torch.int8), scale
 
 
@@ -444,188 +560,358 @@ variant("QuantizedLinear", "scales after the integer matmul ((x @ q.T) * scale) 
     QLinearScaleAfterMatmul)
 
 
+@variant("quantize_int8", "amax over dimensions 1.. with keepdim (a 1-D weight is its own absmax), zero scales "
+                          "replaced through masked_fill, in-place round_ and clamp_ on the quotient")
+def quant_keepdim_variant(w, per_channel=True):
+    if w.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"quantize_int8 wants a float tensor, not {w.dtype}")
+    if w.isnan().any() or w.isinf().any():
+        raise ValueError("w has nan or inf values")
+    if per_channel and w.dim() == 0:
+        raise ValueError("per_channel needs at least one dimension")
+    if per_channel:
+        if w.numel() == 0:
+            amax = torch.zeros((w.shape[0],) + (1,) * (w.dim() - 1), dtype=w.dtype, device=w.device)
+        elif w.dim() == 1:
+            amax = w.abs()
+        else:
+            amax = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
+    else:
+        amax = w.abs().max() if w.numel() else torch.zeros((), dtype=w.dtype, device=w.device)
+    scale = (amax / 127).masked_fill(amax == 0, 1.0)
+    q = (w if w.dtype == torch.float64 else w.float()).div(scale).round_().clamp_(-127, 127)
+    return q.to(torch.int8), scale
+
+
+class QLinearBufferLoop(nn.Module):
+    """Registers its three buffers in a loop and computes x @ W.T, then adds the bias."""
+
+    def __init__(self, linear, per_channel=True):
+        super().__init__()
+        self.out_features, self.in_features = linear.weight.shape
+        q, scale = quantize_int8(linear.weight.data, per_channel=per_channel)
+        bias = linear.bias.data.clone() if linear.bias is not None else None
+        for name, tensor in (("weight_int8", q), ("scale", scale), ("bias", bias)):
+            self.register_buffer(name, tensor)
+
+    def forward(self, x):
+        y = x @ (self.weight_int8 * self.scale).t()
+        return y if self.bias is None else y + self.bias
+
+
+variant("QuantizedLinear", "buffers registered in a loop, forward as x @ (q * scale).T + bias")(QLinearBufferLoop)
+
+
 # --------------------------------------------------------------------------------------------------
 # create_app
 
 
-def _flawed_app(model, tokenizer, max_concurrency: int, max_queue: int, flaw: str):
-    """The reference's create_app with one flaw switched on (a copy: catalogue mutants of the reference are compiled
-    with postponed annotations, under which FastAPI cannot see request models defined inside a function)."""
-    import copy as copying
-    from contextlib import asynccontextmanager
+# The server's mistakes are edits of the reference's create_app: each keeps the rest of the app right.
 
-    import anyio
-    from fastapi import FastAPI
+@mutant("create_app", "the model is copied for every request (the learning path loaded it per request): seconds and "
+                      "memory per call, and not the model the server was given",
+        replace={"        past = None\n": "        past = None\n        worker = __import__('copy').deepcopy(model)\n",
+                 "output = model(input_ids": "output = worker(input_ids"})
+def app_copies_model(): ...
+
+
+@mutant("create_app", "max_new_tokens has no upper bound (the learning path accepted any max_length): one request "
+                      "can keep the server busy for minutes",
+        replace={"Field(20, ge=1, le=MAX_NEW_TOKENS)": "Field(20, ge=1)"})
+def app_unbounded_max_new_tokens(): ...
+
+
+@mutant("create_app", "max_new_tokens defaults to 100 and goes up to 100 (the learning path's max_length)",
+        replace={"Field(20, ge=1, le=MAX_NEW_TOKENS)": "Field(100, ge=1, le=100)"})
+def app_default_100(): ...
+
+
+@mutant("create_app", "the generation runs on the event loop inside `async def` (the learning path's bug): while it "
+                      "computes, no other request, not even /health, is answered",
+        replace={"await anyio.to_thread.run_sync(generate_ids, ": "generate_ids(",
+                 'request.seed,\n                                                 limiter=state["limiter"])':
+                 "request.seed)"})
+def app_blocks_loop(): ...
+
+
+@mutant("create_app", "a temperature of 0 is accepted (ge instead of gt): sampling would divide by zero",
+        replace={"Field(1.0, gt=0.0, le=2.0)": "Field(1.0, ge=0.0, le=2.0)"})
+def app_zero_temperature(): ...
+
+
+@mutant("create_app", "the temperature has no upper bound",
+        replace={"Field(1.0, gt=0.0, le=2.0)": "Field(1.0, gt=0.0)"})
+def app_unbounded_temperature(): ...
+
+
+@mutant("create_app", "an empty prompt is accepted",
+        replace={"Field(min_length=1, max_length=MAX_PROMPT_CHARS)": "Field(max_length=MAX_PROMPT_CHARS)"})
+def app_empty_prompt(): ...
+
+
+@mutant("create_app", "the prompt's length in characters is not bounded",
+        replace={"Field(min_length=1, max_length=MAX_PROMPT_CHARS)": "Field(min_length=1)"})
+def app_unbounded_prompt(): ...
+
+
+@mutant("create_app", "seeds are not bounded (negative or huge seeds reach torch)",
+        replace={"seed: int | None = Field(None, ge=0, le=2**32 - 1)": "seed: int | None = None"})
+def app_unbounded_seed(): ...
+
+
+@mutant("create_app", "lax types: \"5\" and 5.0 are accepted where an integer is required",
+        replace={'ConfigDict(extra="forbid", strict=True)': 'ConfigDict(extra="forbid")'})
+def app_lax_types(): ...
+
+
+@mutant("create_app", "unknown fields (such as the learning path's max_length) are silently ignored",
+        replace={'ConfigDict(extra="forbid", strict=True)': "ConfigDict(strict=True)"})
+def app_ignores_unknown_fields(): ...
+
+
+@mutant("create_app", "requests are never turned away: every request waits, and under load they pile up until "
+                      "clients time out",
+        replace={'if state["in_flight"] >= max_concurrency + max_queue:': "if False:"})
+def app_never_turns_away(): ...
+
+
+@mutant("create_app", "the queue is ignored: a request is turned away as soon as max_concurrency are running",
+        replace={'if state["in_flight"] >= max_concurrency + max_queue:': 'if state["in_flight"] >= max_concurrency:'})
+def app_ignores_queue(): ...
+
+
+@mutant("create_app", "one request too many is let in",
+        replace={'if state["in_flight"] >= max_concurrency + max_queue:':
+                 'if state["in_flight"] > max_concurrency + max_queue:'})
+def app_limit_off_by_one(): ...
+
+
+@mutant("create_app", "generations are not limited to max_concurrency at once (no limiter on the worker threads)",
+        replace={'request.seed,\n                                                 limiter=state["limiter"])':
+                 "request.seed)"})
+def app_unlimited_threads(): ...
+
+
+@mutant("create_app", "the slot is freed only when the generation succeeds (no `finally`): every failure leaks one "
+                      "until the server answers only 503",
+        replace={'        finally:\n            state["in_flight"] -= 1\n':
+                 '        except BaseException:\n            raise\n        state["in_flight"] -= 1\n'})
+def app_leaks_slot(): ...
+
+
+@mutant("create_app", "the 503 answer has no Retry-After header", replace={', headers={"Retry-After": "1"})': ")"})
+def app_no_retry_after(): ...
+
+
+@mutant("create_app", "the 503 answer is not documented in the OpenAPI schema",
+        replace={',\n              responses={503: {"model": Busy}})': ")"})
+def app_undocumented_503(): ...
+
+
+@mutant("create_app", "the answer includes the prompt (the learning path decoded output[0], prompt and all)",
+        replace={"tokenizer.decode(new, skip_special_tokens=True)":
+                 "tokenizer.decode(prompt_ids + new, skip_special_tokens=True)"})
+def app_returns_prompt(): ...
+
+
+@mutant("create_app", "new_tokens counts the prompt's tokens too",
+        replace={'"new_tokens": len(new)}': '"new_tokens": len(prompt_ids) + len(new)}'})
+def app_counts_prompt(): ...
+
+
+@mutant("create_app", "sampling seeds torch's global RNG (torch.manual_seed), which every request in flight shares",
+        replace={"            generator.manual_seed(seed)\n":
+                 "            torch.manual_seed(seed)\n            generator = None\n"})
+def app_global_rng(): ...
+
+
+@mutant("create_app", "the seed is ignored: every sampled request uses the same fixed seed",
+        replace={"            generator.seed()  # fresh entropy": "            generator.manual_seed(0)  # fixed",
+                 "            generator.manual_seed(seed)\n": "            generator.manual_seed(0)\n"})
+def app_ignores_seed(): ...
+
+
+@mutant("create_app", "the temperature is ignored when sampling",
+        replace={"(logits - logits.max()) / temperature": "(logits - logits.max())"})
+def app_ignores_temperature(): ...
+
+
+@mutant("create_app", "the logits are multiplied by the temperature instead of divided by it",
+        replace={"(logits - logits.max()) / temperature": "(logits - logits.max()) * temperature"})
+def app_multiplies_temperature(): ...
+
+
+@mutant("create_app", "the logits are divided by the temperature before the max is subtracted: a tiny temperature "
+                      "overflows to inf and the softmax gives nan",
+        replace={"(logits - logits.max()) / temperature": "logits / temperature"})
+def app_overflow_temperature(): ...
+
+
+@mutant("create_app", "do_sample is ignored: the answer is always greedy", replace={"if do_sample:": "if False:"})
+def app_never_samples(): ...
+
+
+@mutant("create_app", "generation does not stop at the eos token",
+        replace={"if token == eos_token_id:\n                    break": "if False:\n                    break"})
+def app_ignores_eos(): ...
+
+
+@mutant("create_app", "the model is not put in eval mode at start-up, so dropout makes greedy answers random",
+        replace={"        model.eval()\n": ""})
+def app_keeps_dropout(): ...
+
+
+@mutant("create_app", "the prompt is not checked against the model's context: a long prompt crashes the model",
+        replace={"if len(prompt_ids) + request.max_new_tokens > context:": "if False:"})
+def app_no_context_check(): ...
+
+
+@mutant("create_app", "a prompt that exactly fills the context is rejected (>= instead of >)",
+        replace={"if len(prompt_ids) + request.max_new_tokens > context:":
+                 "if len(prompt_ids) + request.max_new_tokens >= context:"})
+def app_context_off_by_one(): ...
+
+
+@mutant("create_app", "`if not seed` instead of `if seed is None`: seed 0 draws fresh entropy, so it never repeats",
+        replace={"if seed is None:": "if not seed:"})
+def app_seed_zero_is_fresh(): ...
+
+
+@mutant("create_app", "the request is counted in before the context check: every 422 for a too-long prompt keeps its "
+                      "slot for ever",
+        replace={'        prompt_ids = tokenizer(request.prompt)["input_ids"]\n':
+                 '        state["in_flight"] += 1\n        prompt_ids = tokenizer(request.prompt)["input_ids"]\n',
+                 '        state["in_flight"] += 1\n        try:': "        try:"})
+def app_counts_rejected_requests(): ...
+
+
+@mutant("create_app", "model.eval() runs when the app is built, not in the lifespan: a model put back in training "
+                      "mode before the server starts serves with dropout on",
+        replace={"        model.eval()\n": "", "    app = FastAPI(lifespan=lifespan)\n":
+                 "    model.eval()\n    app = FastAPI(lifespan=lifespan)\n"})
+def app_eval_when_built(): ...
+
+
+@mutant("create_app", "one torch.Generator for the whole app, re-seeded by each request: concurrent requests with the "
+                      "same seed interleave their draws",
+        replace={"        generator = torch.Generator()\n": "        generator = shared\n",
+                 "    def generate_ids(": "    shared = torch.Generator()\n\n    def generate_ids("})
+def app_shared_generator(): ...
+
+
+@mutant("create_app", "the prompt is stripped before it is tokenized: 'the cat ' is generated as 'the cat'",
+        replace={'tokenizer(request.prompt)["input_ids"]': 'tokenizer(request.prompt.strip())["input_ids"]'})
+def app_strips_prompt(): ...
+
+
+@mutant("create_app", "the generated text is stripped: a continuation's leading space is lost",
+        replace={"tokenizer.decode(new, skip_special_tokens=True)":
+                 "tokenizer.decode(new, skip_special_tokens=True).strip()"})
+def app_strips_text(): ...
+
+
+@mutant("create_app", "no torch.no_grad() in the worker thread (grad mode is per thread, on by default): every request "
+                      "keeps a graph of all its steps",
+        replace={"        with torch.no_grad():\n": "        with torch.enable_grad():\n"})
+def app_grad_in_worker(): ...
+
+
+@mutant("create_app", "sampling keeps only the 50 most likely tokens (model.generate's default top_k) instead of the "
+                      "whole softmax",
+        replace={"token = int(torch.multinomial(probs, 1, generator=generator))":
+                 "top = torch.topk(probs, 50)\n"
+                 "                    token = int(top.indices[torch.multinomial(top.values, 1, generator=generator)])"})
+def app_top_k_50(): ...
+
+
+@variant("create_app", "app.state set in the lifespan, an asyncio.Semaphore around asyncio.to_thread, greedy "
+                       "answers from model.generate, sampling by inverse CDF with the request's own generator, the "
+                       "503 raised as an HTTPException")
+def app_asyncio_variant(model, tokenizer, *, max_concurrency: int = 2, max_queue: int = 16):
+    import asyncio
+    from contextlib import asynccontextmanager
+    from typing import Annotated, Optional
+
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field
 
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
-    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-        raise ValueError(f"max_queue must be an int >= 0, got {max_queue!r}")
-    context = model.config.max_position_embeddings
-    eos_token_id = tokenizer.eos_token_id
-    config = ConfigDict(extra="ignore" if flaw == "ignores_unknown_fields" else "forbid", strict=flaw != "lax_types")
-    default_length, longest = (100, 100) if flaw == "default_100" else (20, MAX_NEW_TOKENS)
+    for name, value, low in (("max_concurrency", max_concurrency, 1), ("max_queue", max_queue, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
-    class GenerateRequest(BaseModel):
-        model_config = config
-        prompt: str = Field(min_length=0 if flaw == "empty_prompt" else 1,
-                            max_length=None if flaw == "unbounded_prompt" else MAX_PROMPT_CHARS)
-        max_new_tokens: int = Field(default_length, ge=1,
-                                    le=None if flaw == "unbounded_max_new_tokens" else longest)
-        temperature: float = Field(1.0, gt=None if flaw == "zero_temperature" else 0.0,
-                                   ge=0.0 if flaw == "zero_temperature" else None,
-                                   le=None if flaw == "unbounded_temperature" else 2.0, allow_inf_nan=False)
+    class Req(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+        max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 20
+        temperature: Annotated[float, Field(gt=0, le=2)] = 1.0
         do_sample: bool = False
-        seed: int | None = Field(None, ge=None if flaw == "unbounded_seed" else 0,
-                                 le=None if flaw == "unbounded_seed" else 2**32 - 1)
+        seed: Optional[Annotated[int, Field(ge=0, lt=2**32)]] = None  # noqa: UP045
 
-    class GenerateResponse(BaseModel):
+    class Resp(BaseModel):
         generated_text: str
         new_tokens: int
 
-    class Busy(BaseModel):
+    class Overloaded(BaseModel):
         detail: str
 
-    def generate_ids(prompt_ids, max_new_tokens, temperature, do_sample, seed):
-        generator = torch.Generator()
-        if flaw == "ignores_seed":
-            generator.manual_seed(0)
-        elif seed is None:
-            generator.seed()
-        elif flaw == "global_rng":
-            torch.manual_seed(seed)
-            generator = None
-        else:
-            generator.manual_seed(seed)
-        worker = copying.deepcopy(model) if flaw == "copies_model" else model
-        new, past, step_input = [], None, torch.tensor([prompt_ids])
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                output = worker(input_ids=step_input, cache=past, use_cache=True)
-                past = output.cache
-                logits = output.logits[0, -1].double()
-                if do_sample and flaw != "never_samples":
-                    if flaw == "ignores_temperature":
-                        scaled = logits - logits.max()
-                    elif flaw == "multiplies_temperature":
-                        scaled = (logits - logits.max()) * temperature
-                    elif flaw == "overflow_temperature":
-                        scaled = logits / temperature
-                    else:
-                        scaled = (logits - logits.max()) / temperature
-                    token = int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator))
-                else:
-                    token = int(logits.argmax())
-                new.append(token)
-                if token == eos_token_id and flaw != "ignores_eos":
+    def run(ids, req):
+        with torch.inference_mode():
+            x = torch.tensor([ids])
+            if not req.do_sample:
+                out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=req.max_new_tokens,
+                                     do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+                return out[0, x.shape[1]:].tolist()
+            g = torch.Generator()
+            if req.seed is None:
+                g.seed()
+            else:
+                g.manual_seed(req.seed)
+            new = []
+            for _ in range(req.max_new_tokens):
+                logits = model(x).logits[0, -1].double()
+                p = torch.softmax((logits - logits.max()) / req.temperature, -1)
+                u = torch.rand((), generator=g, dtype=torch.float64)
+                tok = int(torch.searchsorted(p.cumsum(0), u * p.sum()).clamp(max=p.numel() - 1))
+                new.append(tok)
+                if tok == tokenizer.eos_token_id:
                     break
-                step_input = torch.tensor([[token]])
-        return new
-
-    state = {"in_flight": 0, "limiter": None}
+                x = torch.cat([x, torch.tensor([[tok]])], 1)
+            return new
 
     @asynccontextmanager
     async def lifespan(app):
-        if flaw != "keeps_dropout":
-            model.eval()
-        state["in_flight"] = 0
-        state["limiter"] = anyio.CapacityLimiter(max_concurrency)
+        model.eval()
+        app.state.sem = asyncio.Semaphore(max_concurrency)
+        app.state.active = 0
         yield
 
-    app = FastAPI(lifespan=lifespan)
-    limit = {"never_turns_away": 10**9, "ignores_queue": max_concurrency,
-             "limit_off_by_one": max_concurrency + max_queue + 1}.get(flaw, max_concurrency + max_queue)
-    responses = {} if flaw == "undocumented_503" else {503: {"model": Busy}}
+    app = FastAPI(lifespan=lifespan, title="tiny LM")
 
     @app.get("/health")
-    async def health():
+    async def health() -> dict:
         return {"status": "ok"}
 
-    @app.post("/generate", response_model=GenerateResponse, responses=responses)
-    async def generate(request: GenerateRequest):
-        if state["in_flight"] >= limit:
-            headers = {} if flaw == "no_retry_after" else {"Retry-After": "1"}
-            return JSONResponse({"detail": "busy"}, status_code=503, headers=headers)
-        prompt_ids = tokenizer(request.prompt)["input_ids"]
-        needed = len(prompt_ids) + request.max_new_tokens
-        too_long = {"no_context_check": False, "context_off_by_one": needed >= context}.get(flaw, needed > context)
-        if too_long:
-            raise RequestValidationError([{"type": "value_error", "loc": ("body", "prompt"),
-                                           "msg": f"{len(prompt_ids)} + {request.max_new_tokens} > {context}"}])
-        args = (prompt_ids, request.max_new_tokens, request.temperature, request.do_sample, request.seed)
-        state["in_flight"] += 1
-        if flaw == "leaks_slot":
-            new = await anyio.to_thread.run_sync(generate_ids, *args, limiter=state["limiter"])
-            state["in_flight"] -= 1
-        else:
-            try:
-                if flaw == "blocks_loop":
-                    new = generate_ids(*args)
-                else:
-                    limiter = None if flaw == "unlimited_threads" else state["limiter"]
-                    new = await anyio.to_thread.run_sync(generate_ids, *args, limiter=limiter)
-            finally:
-                state["in_flight"] -= 1
-        ids = prompt_ids + new if flaw == "returns_prompt" else new
-        count = len(prompt_ids) + len(new) if flaw == "counts_prompt" else len(new)
-        return {"generated_text": tokenizer.decode(ids, skip_special_tokens=True), "new_tokens": count}
+    @app.post("/generate", response_model=Resp, responses={503: {"model": Overloaded, "description": "busy"}})
+    async def generate(req: Req, request: Request):
+        st = request.app.state
+        if st.active >= max_concurrency + max_queue:
+            raise HTTPException(503, detail="overloaded, retry in a second", headers={"Retry-After": "1"})
+        ids = tokenizer.encode(req.prompt)
+        n_ctx = model.config.max_position_embeddings
+        if len(ids) + req.max_new_tokens > n_ctx:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", "prompt"), "input": req.prompt,
+                                           "msg": f"{len(ids)} prompt tokens + {req.max_new_tokens} > {n_ctx}"}])
+        st.active += 1
+        try:
+            async with st.sem:
+                new = await asyncio.to_thread(run, ids, req)
+        finally:
+            st.active -= 1
+        return Resp(generated_text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new))
 
     return app
-
-
-APP_FLAWS = {
-    "copies_model": "the model is copied for every request (the learning path loaded it per request): seconds and "
-                    "memory per call, and not the model the server was given",
-    "unbounded_max_new_tokens": "max_new_tokens has no upper bound (the learning path accepted any max_length): one "
-                                "request can keep the server busy for minutes",
-    "blocks_loop": "the generation runs on the event loop inside `async def` (the learning path's bug): while it "
-                   "computes, no other request, not even /health, is answered",
-    "zero_temperature": "a temperature of 0 is accepted (ge instead of gt): sampling would divide by zero",
-    "empty_prompt": "an empty prompt is accepted",
-    "unbounded_prompt": "the prompt's length in characters is not bounded",
-    "unbounded_temperature": "the temperature has no upper bound",
-    "unbounded_seed": "seeds are not bounded (negative or huge seeds reach torch)",
-    "never_turns_away": "requests are never turned away: every request waits, and under load they pile up until "
-                        "clients time out",
-    "ignores_queue": "the queue is ignored: a request is turned away as soon as max_concurrency are running",
-    "limit_off_by_one": "one request too many is let in",
-    "unlimited_threads": "generations are not limited to max_concurrency at once (no limiter on the worker threads)",
-    "leaks_slot": "the slot is freed only when the generation succeeds (no `finally`): every failure leaks one until "
-                  "the server answers only 503",
-    "no_retry_after": "the 503 answer has no Retry-After header",
-    "returns_prompt": "the answer includes the prompt (the learning path decoded output[0], prompt and all)",
-    "counts_prompt": "new_tokens counts the prompt's tokens too",
-    "global_rng": "sampling seeds torch's global RNG (torch.manual_seed), which every request in flight shares",
-    "ignores_seed": "the seed is ignored: every sampled request uses the same fixed seed",
-    "ignores_temperature": "the temperature is ignored when sampling",
-    "multiplies_temperature": "the logits are multiplied by the temperature instead of divided by it",
-    "overflow_temperature": "the logits are divided by the temperature before the max is subtracted: a tiny "
-                            "temperature overflows to inf and the softmax gives nan",
-    "never_samples": "do_sample is ignored: the answer is always greedy",
-    "ignores_eos": "generation does not stop at the eos token",
-    "keeps_dropout": "the model is not put in eval mode at start-up, so dropout makes greedy answers random",
-    "lax_types": "lax types: \"5\" and 5.0 are accepted where an integer is required",
-    "ignores_unknown_fields": "unknown fields (such as the learning path's max_length) are silently ignored",
-    "no_context_check": "the prompt is not checked against the model's context: a long prompt crashes the model",
-    "context_off_by_one": "a prompt that exactly fills the context is rejected (>= instead of >)",
-    "default_100": "max_new_tokens defaults to 100 and goes up to 100 (the learning path's max_length)",
-    "undocumented_503": "the 503 answer is not documented in the OpenAPI schema",
-}
-
-
-def _register_app_flaw(flaw: str, because: str) -> None:
-    def create_app(model, tokenizer, *, max_concurrency=2, max_queue=16):
-        return _flawed_app(model, tokenizer, max_concurrency, max_queue, flaw)
-
-    create_app.__name__ = create_app.__qualname__ = f"app_{flaw}"
-    mistake("create_app", because)(create_app)
-
-
-for _flaw, _because in APP_FLAWS.items():
-    _register_app_flaw(_flaw, _because)
 
 
 @variant("create_app", "plain `def` endpoints (FastAPI runs them in its thread pool), a threading.BoundedSemaphore "
@@ -754,6 +1040,34 @@ def demo_learning_path_slider(): ...
 def demo_inputs_out_of_order(): ...
 
 
+@mutant("create_demo", "the callback strips the generated text: a continuation's leading space (or final newline) "
+                       "is lost",
+        replace={"return generate_fn(prompt, int(max_new_tokens), float(temperature))":
+                 "return generate_fn(prompt, int(max_new_tokens), float(temperature)).strip()"})
+def demo_strips_the_text(): ...
+
+
+@mutant("create_demo", "the callback strips the prompt before passing it on: the prompt's own spaces and newlines are "
+                       "part of what the model continues",
+        replace={"return generate_fn(prompt, int(max_new_tokens), float(temperature))":
+                 "return generate_fn(prompt.strip(), int(max_new_tokens), float(temperature))"})
+def demo_strips_the_prompt(): ...
+
+
+@mutant("create_demo", "the callback rounds the temperature to one decimal instead of passing it on",
+        replace={"return generate_fn(prompt, int(max_new_tokens), float(temperature))":
+                 "return generate_fn(prompt, int(max_new_tokens), round(float(temperature), 1))"})
+def demo_rounds_the_temperature(): ...
+
+
+@mistake("create_demo", "the interface is launched inside create_demo (the learning path's script ends with "
+                        "demo.launch()): a web server starts, and a blocking launch never returns")
+def demo_launches(generate_fn):
+    demo = create_demo(generate_fn)
+    demo.launch(prevent_thread_lock=True)
+    return demo
+
+
 @mutant("create_demo", "the interface has no title", replace={'title="Tiny language model",': ""})
 def demo_without_title(): ...
 
@@ -790,6 +1104,12 @@ def batch_returns_the_prompt_too(): ...
 @mutant("batch_generate", "the special tokens are kept when decoding: eos and the pads after it end up in the text",
         replace={"batch_decode(new, skip_special_tokens=True)": "batch_decode(new, skip_special_tokens=False)"})
 def batch_keeps_special_tokens(): ...
+
+
+@mutant("batch_generate", "each text is stripped: a continuation that starts with a space loses it",
+        replace={"return tokenizer.batch_decode(new, skip_special_tokens=True)":
+                 "return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]"})
+def batch_strips_the_text(): ...
 
 
 @mistake("batch_generate", "tokenizer.padding_side is set to 'left' and left that way: the caller's tokenizer now "
@@ -896,6 +1216,35 @@ def batch_one_at_a_time_variant(model, tokenizer, prompts, max_new_tokens=20):
         model.train(was)
 
 
+@variant("batch_generate", "sets tokenizer.padding_side to 'left' and puts it back in a `finally:`, tokenizes with "
+                           "padding='longest', generates under torch.inference_mode with num_beams=1")
+def batch_restores_padding_side_variant(model, tokenizer, prompts, max_new_tokens=20):
+    if isinstance(prompts, str) or any(not isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts: {prompts!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens: {max_new_tokens!r}")
+    for i, p in enumerate(prompts):
+        if p == "":
+            raise ValueError(f"prompt #{i} is empty")
+    if tokenizer.pad_token is None:
+        raise ValueError("set a pad token first")
+    if len(prompts) == 0:
+        return []
+    side, was = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), padding="longest", return_tensors="pt")
+        model.eval()
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=tokenizer.pad_token_id)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was)
+    width = enc["input_ids"].shape[-1]
+    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
 # --------------------------------------------------------------------------------------------------
 # content_filter
 
@@ -919,6 +1268,26 @@ def filter_without_escape(): ...
                           "space",
         replace={r'rf"(?<!\w){re.escape(entry)}(?!\w)"': r'rf"\b{re.escape(entry)}\b"'})
 def filter_backslash_b(): ...
+
+
+@mutant("content_filter", "the word boundaries are ASCII-only ([A-Za-z0-9_]): 'caf' is flagged in 'café', whose é is "
+                          "a letter",
+        replace={r'rf"(?<!\w){re.escape(entry)}(?!\w)"': r'rf"(?<![A-Za-z0-9_]){re.escape(entry)}(?![A-Za-z0-9_])"'})
+def filter_ascii_boundaries(): ...
+
+
+@mutant("content_filter", "the entry is stripped before matching: ' bad' (with its space) matches 'bad' at the start "
+                          "of a text, though entries are matched literally",
+        replace={"{re.escape(entry)}": "{re.escape(entry.strip())}"})
+def filter_strips_entries(): ...
+
+
+@mistake("content_filter", "the text and the entries are casefolded instead of matched with re.IGNORECASE: 'straße' "
+                           "matches 'Strasse'")
+def filter_casefolds(text, blocklist):
+    content_filter(text, blocklist)  # the same errors for bad input
+    folded = text.casefold()
+    return [entry for entry in blocklist if re.search(rf"(?<!\w){re.escape(entry.casefold())}(?!\w)", folded)]
 
 
 @mistake("content_filter", "the text is split on whitespace and each word compared: 'bad!' and phrases never match")
@@ -956,3 +1325,17 @@ def filter_scan_variant(text, blocklist):
                 hits.append(entry)
                 break
     return hits
+
+
+@variant("content_filter", "one consuming pattern (?:^|\\W)entry(?:\\W|$) per entry, all compiled before searching")
+def filter_nonword_groups_variant(text, blocklist):
+    if not isinstance(text, str):
+        raise ValueError(f"text should be str, got {type(text).__name__}: {text!r}")
+    if isinstance(blocklist, str):
+        raise ValueError(f"blocklist should be a list, got the string {blocklist!r}")
+    patterns = []
+    for entry in blocklist:
+        if not isinstance(entry, str) or entry.strip() == "":
+            raise ValueError(f"invalid blocklist entry: {entry!r}")
+        patterns.append((entry, re.compile(r"(?:^|\W)" + re.escape(entry) + r"(?:\W|$)", re.IGNORECASE)))
+    return [entry for entry, pattern in patterns if pattern.search(text)]

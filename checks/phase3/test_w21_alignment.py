@@ -17,8 +17,9 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   the global RNG, and the checks run it inside ``seeded`` with the same seed with and without checkpointing.
 - Devices (3): without CUDA, ``RewardModel`` is built on the ``meta`` device (its head must follow the base
   model); the other functions create no tensors on their own beyond the inputs' (the SFT example is a CPU
-  tensor of ids by definition). The CUDA path of the mixed-precision step and the memory saving of
-  checkpointing have ``gpu`` checks (skipped without CUDA).
+  tensor of ids by definition). The mixed-precision step's ``device_type`` is observed on the CPU too (autocast
+  for 'cuda' leaves CPU operations in float32). The CUDA path of the mixed-precision step (float16 as CUDA's
+  default dtype) and the memory saving of checkpointing have ``gpu`` checks (skipped without CUDA).
 - dtypes (3): the losses keep their inputs' dtype (float32 and float64 checked), the SFT tensors are
   ``torch.long``, the reward model follows its base model (float64 checked), autocast's dtype is observed on
   the layers' outputs (bfloat16 by default on the CPU, float16 when asked).
@@ -27,15 +28,21 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   prompt length is rejected and one token more is the smallest legal case.
 - State over time (6): ``accumulate_gradients`` adds to existing gradients (called twice); the mixed-precision
   step zeroes them and its scaler's scale evolves over calls; the data-parallel step runs twice with AdamW
-  (optimizer state), so a step that forgets ``zero_grad`` is caught.
-- Structure (7): ``RewardModel`` (parameters, head shape, init bounds, dtype/device) is checked; the other
-  exercises are functions.
-- Bools for ints (10): ``max_length=True``, ``beta=True`` and ``clip=True`` are rejected as documented.
+  (optimizer state) and starts from leftover gradients, so a step that forgets ``zero_grad`` or calls it after
+  the step is caught. Modes: ``accumulate_gradients`` and ``sequence_logprobs`` keep the model's mode (and the
+  latter scores a model in train mode with its dropout), ``checkpointed_forward`` keeps the block's mode.
+- Structure (7): ``RewardModel`` (parameters, head shape, weight and bias init bounds, dtype/device) is checked;
+  the other exercises are functions.
+- Numerics (9): the log-sigmoid losses take gaps of +-1e4, ``ppo_clip_loss`` takes log-probs of whole sequences
+  (-800, -1200) whose ``exp`` underflows; the reward model's last real token may carry the pad id (pad == eos).
+- Bools for ints (10): ``max_length=True``, ``beta=True`` and ``clip=True`` are rejected as documented; a nan
+  ``max_grad_norm`` is rejected like any other that is not positive.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
 
@@ -47,6 +54,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from checks.hub import byte_level_bpe
 from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
 from checks.processes import free_port, run_distributed
 from checks.torch_strategies import generator, randn, refill_, seeded, seeds
@@ -161,6 +169,8 @@ FIELD_TEXT = st.text(alphabet=st.sampled_from(list("ab Z\n\t:#{}é7")), max_size
 @given(FIELD_TEXT, FIELD_TEXT, FIELD_TEXT, st.booleans())
 @example("", "", "", True)
 @example(" ", "{input}", "{output}", True)
+@example("Name a colour", " ", "Blue", True)  # a blank input is not empty: its section is written, nothing stripped
+@example("Name a colour", "\n", "Blue", True)
 def test_format_instruction_is_prompt_plus_output(impl, instruction, extra, output, with_key):
     item = {"instruction": instruction, "output": output}
     if with_key:
@@ -190,27 +200,16 @@ def test_format_instruction_rejects_bad_items(impl, item, error, named):
     )
 
 
-def _train_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    texts = [_expected_text(item) for item in SEED_ITEMS] * 2 + ["Name a colour. Blue, red, green and yellow."]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<pad>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer.to_str()
-
-
 @pytest.fixture(scope="module")
 def tokenizers():
     """Byte-level BPE tokenizers trained here: pad id 0 / eos id 1; pad == eos; left padding; one that adds a bos
-    token unless told not to (add_special_tokens=False); factories of ones without a pad or an eos token."""
+    token unless told not to (add_special_tokens=False); one that merges a newline with the space after it;
+    factories of ones without a pad or an eos token."""
     from tokenizers import Tokenizer, processors
     from transformers.tokenization_utils_fast import PreTrainedTokenizerFast
 
-    saved = _train_tokenizer()
+    texts = [_expected_text(item) for item in SEED_ITEMS] * 2 + ["Name a colour. Blue, red, green and yellow."]
+    saved = byte_level_bpe(texts, vocab_size=420)
 
     def wrap(**kwargs):
         return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(saved), eos_token="<|endoftext|>",
@@ -228,9 +227,17 @@ def tokenizers():
     with_bos.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A",
                                                             special_tokens=[("<|endoftext|>", 1)])
     adds_bos = PreTrainedTokenizerFast(tokenizer_object=with_bos, eos_token="<|endoftext|>", pad_token="<pad>")
+    # one more merge, of a newline and the space after it ("\u010a\u0120" in byte-level spelling), as real
+    # tokenizers have: tokenizing prompt + response as one text then fuses the prompt's last newline with a
+    # response that starts with spaces
+    fused = json.loads(saved)
+    fused["model"]["vocab"]["\u010a\u0120"] = len(fused["model"]["vocab"])
+    fused["model"]["merges"].insert(0, ["\u010a", "\u0120"])
+    merges = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(fused)),
+                                     eos_token="<|endoftext|>", pad_token="<pad>")
     return {"pad": wrap(pad_token="<pad>"), "pad-is-eos": wrap(pad_token="<|endoftext|>"), "adds-bos": adds_bos,
             "left": wrap(pad_token="<pad>", padding_side="left"), "no-pad": without("pad_token"),
-            "no-eos": without("eos_token")}
+            "no-eos": without("eos_token"), "merges-newline-space": merges}
 
 
 def _expected_example(tokenizer, item: dict, max_length: int) -> dict[str, torch.Tensor]:
@@ -318,6 +325,20 @@ def test_sft_example_keeps_the_eos_label_when_pad_is_eos(impl, tokenizers):
     eos = tokenizers["pad-is-eos"].eos_token_id
     n = int(got["attention_mask"].sum())
     assert got["labels"][n - 1] == eos, "the last real token is the eos, and it is labelled"
+
+
+@pytest.mark.exercise("format_instruction")
+def test_sft_example_tokenizes_prompt_and_response_apart(impl, tokenizers):
+    # The prompt ends with a newline and this response starts with spaces; this tokenizer has a token for a newline
+    # followed by a space. Tokenized as one text, that token straddles the boundary: the prompt's own tokens are no
+    # longer a prefix of the ids, and slicing them off at len(prompt_ids) cuts the wrong place.
+    kind = "merges-newline-space"
+    item = {**SEED_ITEMS[1], "output": "  Bonjour, comment allez-vous?"}
+    max_length = _prompt_length(tokenizers[kind], item) + 20
+    _check_example(impl, tokenizers, kind, item, max_length,
+                   because="the prompt and the response are tokenized each on its own (then joined), so that no token "
+                           "straddles the boundary: tokenizing the whole text fuses the prompt's last newline with "
+                           "the response's first space here, and the ids no longer start with the prompt's tokens.")
 
 
 @pytest.mark.exercise("format_instruction")
@@ -710,6 +731,47 @@ def test_mixed_precision_forward_runs_under_autocast(impl, dtype):
 
 
 @pytest.mark.exercise("train_step_mixed_precision")
+def test_mixed_precision_honours_the_device_type(impl):
+    # Autocast for CUDA never touches CPU operations (and switches itself off, with a warning, where there is no
+    # CUDA), so a CPU model stepped with device_type="cuda" runs in float32: the device type must reach autocast.
+    model, batch = copy.deepcopy(_tiny_lm(12)), _lm_batch(12)
+    seen, handles = _linear_output_dtypes(model)
+    call = _mp_call(", device_type='cuda'") + " on a CPU model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available ... Disabling autocast"
+        result = impl.train_step_mixed_precision(model, batch, torch.optim.SGD(model.parameters(), lr=0.5),
+                                                 device_type="cuda")
+    for handle in handles:
+        handle.remove()
+    assert seen and all(d == torch.float32 for d in seen), (
+        f"Called {call}. The Linear layers returned {seen}; expected torch.float32 for each.\nBecause the forward "
+        "pass runs under torch.autocast(device_type=device_type, ...): autocast for 'cuda' leaves CPU operations in "
+        "float32, and only a hard-coded device_type='cpu' (or one taken from somewhere else) casts them."
+        + (f"\nLikely cause: {c}" if (c := _cause("train_step_mixed_precision", _device_type_run(batch),
+                                                   matches=lambda d: d == seen)) else "")
+    )
+    with torch.no_grad():
+        full = F.cross_entropy(_tiny_lm(12)(batch["input_ids"]).reshape(-1, VOCAB), batch["labels"].reshape(-1),
+                               ignore_index=IGNORE).item()
+    assert_close(result, full, call=call, rtol=1e-6, atol=0,
+                 because="without autocast on the CPU the loss is the float32 model's loss.")
+
+
+def _device_type_run(batch):
+    """For likely_cause: the Linear output dtypes a catalogued step gives with device_type='cuda' on the CPU."""
+    def run(f):
+        model = copy.deepcopy(_tiny_lm(12))
+        seen, handles = _linear_output_dtypes(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f(model, batch, torch.optim.SGD(model.parameters(), lr=0.5), device_type="cuda")
+        for handle in handles:
+            handle.remove()
+        return seen
+    return run
+
+
+@pytest.mark.exercise("train_step_mixed_precision")
 @pytest.mark.parametrize("seed", [2, 3])
 def test_mixed_precision_loss_is_close_to_float32(impl, seed):
     model, batch = _tiny_lm(seed), _lm_batch(seed)
@@ -818,7 +880,7 @@ def test_mixed_precision_scaler_skips_a_step_with_inf_gradients(impl):
 
 
 @pytest.mark.exercise("train_step_mixed_precision")
-@pytest.mark.parametrize("bad", [0.0, -1.0])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan])  # nan is not positive either: it would make every gradient nan
 def test_mixed_precision_rejects_a_bad_max_grad_norm(impl, bad):
     model = copy.deepcopy(_tiny_lm(9))
     with pytest.raises(ValueError) as info:
@@ -957,6 +1019,12 @@ def test_reward_model_structure(impl):
         f"Called {call}. reward_head.weight has max |w| {weight.abs().max():.4f} and std {std:.4f}; nn.Linear's "
         f"default init gives |w| <= 1/sqrt({hidden}) = {bound:.4f} and std {bound / math.sqrt(3):.4f}."
     )
+    bias = head.bias.detach()
+    assert 0 < bias.abs().max() <= bound, (
+        f"Called {call}. reward_head.bias is {bias.tolist()}; nn.Linear's default init draws it uniformly from "
+        f"[-1/sqrt({hidden}), 1/sqrt({hidden})] = [-{bound:.4f}, {bound:.4f}] (exactly 0 has probability 0): keep "
+        "PyTorch's default initialisation, as the docstring asks."
+    )
 
 
 @pytest.mark.exercise("RewardModel")
@@ -982,6 +1050,7 @@ def test_reward_head_follows_the_base_model(impl, device, dtype):
 @given(seeds, st.lists(st.integers(1, 6), min_size=1, max_size=4), st.integers(0, 3), st.data())
 @example(seed=1, lengths=[2, 6, 4], extra=0, data=None)  # the longest row has no padding: position -1 is real there
 @example(seed=2, lengths=[1, 3, 1], extra=2, data=None)  # rows of a single real token, then padding
+@example(seed=3, lengths=[4], extra=2, data=None)  # a batch of one row: still shape (1,), not a 0-dim tensor
 def test_reward_equals_gpt2_sequence_classification(impl, gpt2_base, seed, lengths, extra, data):
     t = max(lengths) + extra
     left = [data.draw(st.booleans(), label="left-padded") for _ in lengths] if data is not None else [
@@ -1031,6 +1100,36 @@ def test_reward_does_not_depend_on_right_padding(impl, gpt2_base, pads):
                  run=lambda cls: cls(copy.deepcopy(base))(padded_ids, padded_mask),
                  because=f"the same 5 tokens followed by {pads} padding tokens must get the reward they get alone: "
                          "read the hidden state of the last real token, not position -1 (the learning path's bug).")
+
+
+@pytest.mark.exercise("RewardModel")
+def test_reward_reads_the_mask_even_when_the_last_token_is_the_pad_id(impl, gpt2_base):
+    # Many tokenizers use eos as the pad token, so a real eos at the end of a sequence has the pad id. The mask says
+    # it is real; a rule based on ids (the rightmost id that is not config.pad_token_id, as
+    # GPT2ForSequenceClassification does) skips it and reads the token before.
+    base = _base_copy(gpt2_base, 21)
+    model = impl.RewardModel(base)
+    ids, mask = _padded_rows(generator(21), [3, 5, 2], 6, [False, False, True])
+    last = torch.tensor([2, 4, 5])
+    ids[torch.arange(3), last] = base.config.pad_token_id  # each row ends with an eos that is also the pad token
+    given_args = {"input_ids": ids, "attention_mask": mask}
+    pristine = copy.deepcopy(given_args)
+    with torch.no_grad():
+        got = model(ids, mask)
+        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = model.reward_head(hidden[torch.arange(3), last])[:, 0]
+    call = _reward_call(ids, mask) + f", each row ending with the pad id {base.config.pad_token_id} (pad == eos)"
+    _assert_tensors_unchanged(call, pristine, given_args)
+
+    def run(cls):
+        other = cls(copy.deepcopy(base))
+        other.reward_head.load_state_dict(model.reward_head.state_dict())
+        with torch.no_grad():
+            return other(ids.clone(), mask.clone())
+
+    _check_close(got, expected, call=call, symbol="RewardModel", run=run,
+                 because="the last real token is the last position where attention_mask is 1, whatever its id: with "
+                         "pad == eos the final eos has the pad id and is still the token to read the reward from.")
 
 
 @pytest.mark.exercise("RewardModel")
@@ -1259,6 +1358,41 @@ def test_sequence_logprobs_sum_the_shifted_response_tokens(impl, gpt2_lm, seed, 
         assert_close(grad, p.grad, call=f"{call} and backward() -> {name}.grad", **TIGHT,
                      because="DPO trains through these log-probabilities: gradients must flow into the model (no "
                              "torch.no_grad() or .detach()).")
+
+
+@pytest.mark.exercise("sequence_logprobs")
+def test_sequence_logprobs_score_the_model_in_the_mode_it_is_in(impl):
+    # A policy in training has its dropout on; scoring it in eval mode (even restoring the mode afterwards) computes
+    # the log-probabilities of a different network than the one being trained.
+    from transformers.models.gpt2.modeling_gpt2 import GPT2LMHeadModel
+
+    with seeded(6):
+        model = GPT2LMHeadModel(_gpt2_config(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.0)).to(DT).train()
+    ids, att, resp = _prompt_response_rows(generator(6), [2, 3], [4, 2])
+    call = _logprobs_call(ids, att, resp) + " with a model in train mode whose dropout is 0.3"
+    with torch.no_grad():
+        with seeded(7):
+            got = impl.sequence_logprobs(model, ids, att, resp)
+        left_training = model.training
+        evaluated = _oracle_logprobs(model.eval(), ids, att, resp)
+    model.train()
+
+    def run(f):
+        with torch.no_grad():
+            result = f(model, ids, att, resp)
+        training = model.training
+        model.train()
+        return result, training
+
+    def same(result):
+        return torch.allclose(result[0], got, rtol=1e-6, atol=1e-6) and result[1] == left_training
+
+    assert not torch.allclose(got, evaluated, rtol=1e-6, atol=1e-6), (
+        f"Called {call}. Returned {got.tolist()}, exactly what the model gives in eval mode (no dropout).\nBecause the "
+        "caller decides the mode: a policy in training is scored with its dropout on. Do not call model.eval() "
+        "inside (restoring the mode afterwards does not help: the logits were computed without dropout)."
+        + (f"\nLikely cause: {c}" if (c := _cause("sequence_logprobs", run, matches=same)) else "")
+    )
 
 
 @pytest.mark.exercise("sequence_logprobs")
@@ -1555,6 +1689,30 @@ def _ppo_cause(logp_new, logp_old, advantages, clip, got):
 
 
 @pytest.mark.exercise("ppo_clip_loss")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ppo_clip_loss_with_log_probs_of_whole_sequences(impl, dtype):
+    # Summed log-probabilities of long responses are large negative numbers: exp(-800) is 0 in float64 (exp(-150) in
+    # float32), so exp(logp_new) / exp(logp_old) is 0 / 0 = nan while exp(logp_new - logp_old) is the ratio itself.
+    logp_old = torch.tensor([-800.0, -150.0, -1200.0, -90.0, -2.0], dtype=dtype)
+    ratios = torch.tensor([1.1, 0.7, 1.5, 1.0, 0.9], dtype=DT)
+    logp_new = (logp_old.double() + ratios.log()).to(dtype).requires_grad_()
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.0, 0.5], dtype=dtype)
+    call = (f"ppo_clip_loss(logp_new={[round(v, 4) for v in logp_new.tolist()]}, logp_old={logp_old.tolist()}, "
+            f"advantages={advantages.tolist()}) in {dtype}")
+    loss = impl.ppo_clip_loss(logp_new, logp_old, advantages)
+    tolerance = {"rtol": 1e-6, "atol": 0} if dtype == torch.float32 else TIGHT
+    _check_close(loss.detach().double(), _ppo_expected(logp_new, logp_old, advantages, 0.2), call=call, **tolerance,
+                 symbol="ppo_clip_loss",
+                 run=lambda f: f(logp_new.detach().clone(), logp_old.clone(), advantages.clone()).double(),
+                 because="r = exp(logp_new - logp_old): take the difference first, then exp. exp of each log-prob "
+                         "underflows to 0 for a long sequence, and 0 / 0 is nan.")
+    loss.backward()
+    assert_close(logp_new.grad.double(), _ppo_gradient(logp_new, logp_old, advantages, 0.2), call=call + " -> "
+                 "logp_new.grad", because="the gradient is -r * A / n where the clip is not active, 0 where it is; "
+                 "finite for any log-probabilities.", **tolerance)
+
+
+@pytest.mark.exercise("ppo_clip_loss")
 def test_ppo_clip_loss_sends_no_gradient_into_the_data(impl):
     gen = generator(9)
     leaves = [randn(gen, 5, scale=0.3).requires_grad_() for _ in range(3)]
@@ -1692,6 +1850,8 @@ def test_ddp_step_in_one_process_is_a_plain_step(impl):
     state, data = _ddp_state(3), _ddp_data(3)
     model = _ddp_net(state)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)  # left over from somewhere else: the step starts with zero_grad
     with _one_process_group():
         losses = [impl.ddp_train_step(model, batch, optimizer, F.cross_entropy) for batch in data]
     expected_losses, expected = _full_batch_training(state, data, 0.05)
@@ -1699,12 +1859,13 @@ def test_ddp_step_in_one_process_is_a_plain_step(impl):
     assert all(isinstance(loss, float) for loss in losses), (
         f"Called {call}. Returned {losses!r}; expected the mean loss as a Python float each time."
     )
-    assert_close(torch.tensor(losses), torch.tensor(expected_losses), call=call, **TIGHT,
-                 because="with one process the step is a plain step, and the returned loss that batch's loss.")
     for name, p in model.named_parameters():
         assert_close(p.detach(), expected[name], call=f"{call} -> {name}", **TIGHT,
-                     because="with one process the averaged gradient is the process's own gradient: zero_grad, "
-                             "backward, all-reduce, divide by 1, step.")
+                     because="with one process the averaged gradient is the process's own gradient: zero_grad "
+                             "FIRST (the model's .grad held 100s from elsewhere), backward, all-reduce, divide by 1, "
+                             "step.")
+    assert_close(torch.tensor(losses), torch.tensor(expected_losses), call=call, **TIGHT,
+                 because="with one process the step is a plain step, and the returned loss that batch's loss.")
 
 
 @pytest.mark.exercise("ddp_train_step")
@@ -1835,6 +1996,30 @@ def test_checkpointed_forward_trains_the_block_when_x_needs_no_gradient(impl):
     gen = generator(4)
     x, weights = randn(gen, 3, 6), randn(gen, 3, 6)
     _check_checkpointed(impl, _block(4), x, weights)
+    impl.checkpointed_forward(_block(4), x)
+    assert not x.requires_grad, (
+        "Called checkpointed_forward(block, x) with x.requires_grad False. Afterwards x.requires_grad is True: the "
+        "caller's tensor was changed (x.requires_grad_()), typically to make use_reentrant=True work.\nBecause the "
+        "input is not modified, its requires_grad included: use_reentrant=False trains the block without touching x."
+    )
+
+
+@pytest.mark.exercise("checkpointed_forward")
+def test_checkpointed_forward_keeps_the_block_mode(impl):
+    # A block in eval mode drops nothing: checkpointing must not switch it to train mode (or the other way round).
+    block = _block(6, p=0.5).eval()
+    gen = generator(6)
+    x, weights = randn(gen, 4, 6).requires_grad_(), randn(gen, 4, 6)
+    _check_checkpointed(impl, block, x, weights, seed=6,
+                        because="the block runs in the mode the caller set: in eval mode its dropout drops nothing, "
+                                "and the result equals block(x).")
+    for training in (False, True):
+        block.train(training)
+        impl.checkpointed_forward(block, x)
+        assert block.training is training, (
+            f"Called checkpointed_forward(block in {'train' if training else 'eval'} mode, x). The block is now in "
+            f"{'train' if block.training else 'eval'} mode; leave the mode to the caller."
+        )
 
 
 @pytest.mark.exercise("checkpointed_forward")

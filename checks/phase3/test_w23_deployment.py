@@ -7,12 +7,13 @@ one prompt at a time for ``batch_generate`` and the server's greedy answers, and
 (which runs the app's lifespan) for the server's behaviour. Tiny GPT-2 models are built from configs with
 seeded float64 weights and a tokenizer is trained on text written here; nothing is downloaded.
 
-Two ``slow`` checks hit the server as clients would: one fuzzes every operation of the app's OpenAPI schema
-with schemathesis (a bounded number of generated requests, valid and invalid: no 5xx, no answer that
-violates the schema), and one serves the app with uvicorn on 127.0.0.1 in a child process
-(``checks.processes.serve``, which runs the implementation under test there too) and sends a bounded burst
-of concurrent requests, printing the latency. Like every slow check they prove the reference and the
-variants; every catalogued server mistake is caught by a fast ``TestClient`` check.
+The first create_app check serves the app as clients meet it: uvicorn on 127.0.0.1 in a child process
+(``checks.processes.serve``, which runs the implementation under test there too, so ``kata verify`` proves
+that a served mistake is caught), eight concurrent requests, a few invalid ones and a seeded sample over
+real HTTP; it takes about a second. Two ``slow`` checks go further: one fuzzes every operation of the app's
+OpenAPI schema with schemathesis (a bounded number of generated requests, valid and invalid: no 5xx, no
+answer that violates the schema), and one sends a bounded burst of 200 requests over 8 connections to the
+served app and prints the latency. Like every slow check they prove the reference and the variants.
 
 Checklist notes (CONTRACTS.md items that do not apply, and why):
 - Randomness (8): only the server samples, from a ``torch.Generator`` per request: the checks pin that the
@@ -27,10 +28,11 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   ``QuantizedLinear`` compute in the scale's dtype. Text-in, text-out exercises have no dtype.
 - State over time (6): the server is started twice in a row (a second lifespan resets its counters), its
   slots are checked to be freed after success and after a failure; ``batch_generate``, ``evaluate_model``
-  restore the model's mode (train and eval both checked); ``batch_generate`` leaves the tokenizer's
-  ``padding_side`` as it was (both sides checked).
-- Structure (7): only ``QuantizedLinear`` is a module: its buffers, their dtypes, the absence of parameters
-  and of shared storage with the float layer are checked.
+  restore the model's mode (train and eval both checked; ``evaluate_model`` also when its loader fails);
+  ``batch_generate`` leaves the tokenizer's ``padding_side`` as it was (both sides checked). ``create_demo`` is
+  checked never to call ``launch()`` (patched to a recorder, so no check ever starts a web server).
+- Structure (7): only ``QuantizedLinear`` is a module: its buffers, their dtypes, the absence of parameters,
+  of shared storage with the float layer and of any float copy of the weight kept as a plain attribute are checked.
 - Numerics at scale (9): perplexity over 7500 tokens, logits of +-1e3 in some rows, and a model so bad that
   exp overflows; int8 rows from 1e-30 to 1e6 in one matrix.
 """
@@ -38,7 +40,6 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
 import concurrent.futures
 import contextlib
 import copy
-import functools
 import math
 import statistics
 import threading
@@ -52,6 +53,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from checks.hub import byte_level_bpe
 from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, refill_, seeds
 
@@ -78,26 +80,14 @@ def _fail(call: str, got: str, expected: str, because: str, cause: str | None = 
 # tiny models and a tokenizer, built the same way in this process and in a served child
 
 
-@functools.cache
-def _tokenizer_json() -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    return tok.to_str()
-
-
 def new_tokenizer():
     """A fresh byte-level BPE tokenizer trained on CORPUS: pad id 0, eos id 1, right padding."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json()), pad_token="<pad>",
-                                   eos_token="<|endoftext|>", bos_token="<|endoftext|>", padding_side="right")
+    trained = Tokenizer.from_str(byte_level_bpe(CORPUS, vocab_size=300))
+    return PreTrainedTokenizerFast(tokenizer_object=trained, pad_token="<pad>", eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", padding_side="right")
 
 
 def new_gpt2(seed: int, *, n_positions: int = 64, dropout: float = 0.0, scale: float = 0.3,
@@ -339,6 +329,34 @@ def test_evaluate_runs_without_grad_and_restores_the_mode(impl):
 
 
 @pytest.mark.exercise("evaluate_model")
+def test_evaluate_restores_the_mode_when_something_fails(impl):
+    gen = generator(15)
+    good = _make_batch(gen, [4, 3], 4, left=False, with_mask=True, prompt=0, vocab=30)
+
+    def failing_loader():
+        yield good
+        raise RuntimeError("the loader failed (injected by the check)")
+
+    ids = torch.tensor([[4, 5, 6], [7, 8, 9]])
+    cases = {"a loader that raises RuntimeError after one batch": (failing_loader(), RuntimeError),
+             "a batch whose labels (2, 2) do not match input_ids (2, 3)":
+                 ([good, {"input_ids": ids, "labels": ids[:, :2].clone()}], ValueError)}
+    for what, (loader, error) in cases.items():
+        model = TableLM(30, seed=16).train()
+        with pytest.raises(error):
+            impl.evaluate_model(model, loader)
+        assert model.training, (
+            f"Called evaluate_model on a model in training mode with {what}. It raised, as expected, but left the "
+            "model in eval mode.\nBecause the caller may catch the error and go on training: put the mode back in a "
+            "`finally:` block (try: ... finally: model.train(was_training)), so that it is restored however the "
+            "evaluation ends."
+        )
+        assert torch.is_grad_enabled(), (
+            f"Called evaluate_model with {what}. It raised and left grad mode off: use torch.no_grad() as a `with` "
+            "block, which turns grad mode back on however the block ends.")
+
+
+@pytest.mark.exercise("evaluate_model")
 def test_evaluate_long_inputs_and_extreme_logits(impl):
     gen = generator(12)
     model = TableLM(50, seed=13).eval()
@@ -450,6 +468,7 @@ def _bleu_check(impl, hypotheses, references, kwargs, expected, because) -> None
 @example((["the cat sat on the mat"], [["the cat sat on the mat"]], 4, False))
 @example((["the the the the the the the"], [["the cat is on the mat", "there is a cat on the mat"]], 4, True))
 @example(([""], [["the cat"]], 4, False))
+@example((["the cat sat on", "mat"], [["a dog"], ["dog a"]], 4, True))  # nothing matches: 0, smoothed or not
 def test_bleu_equals_sacrebleu_on_generated_corpora(impl, corpus):
     hypotheses, references, max_order, smooth = corpus
     _bleu_check(impl, hypotheses, references, {"max_order": max_order, "smooth": smooth},
@@ -517,6 +536,10 @@ def test_bleu_smoothing_only_when_asked(impl):
     )
     _bleu_check(impl, hypotheses, references, {"smooth": True}, _sacrebleu(hypotheses, references, 4, True),
                 "with smooth=True the k-th order without a match counts as 1 / (2**k * total_n).")
+    hypotheses, references = ["the cat sat on", "mat"], [["a dog"], ["dog a"]]  # not one word in common
+    _bleu_check(impl, hypotheses, references, {"smooth": True}, 0.0,
+                "when nothing matches at all, BLEU is 0 even with smooth=True (as in sacrebleu): smoothing fills in "
+                "the orders without a match only when some n-gram does match.")
 
 
 @pytest.mark.exercise("corpus_bleu")
@@ -626,6 +649,9 @@ def weights(draw):
 @given(weights())
 @example((torch.zeros(3, 4), True))
 @example((torch.tensor([[0.6, -1.0], [0.0, 0.0]]), False))
+@example((torch.tensor([[[1.0, -2.0], [4.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]]]), True))  # 3-D: one scale per row
+# bfloat16: the scale must be rounded to bfloat16 BEFORE dividing by it, or q is up to 0.61 steps off the returned scale
+@example((torch.tensor([[-0.71875, -0.404297, -0.597656, 0.181641]], dtype=torch.bfloat16), False))
 def test_quantize_properties(impl, case):
     w, per_channel = case
     pristine = w.clone()
@@ -728,6 +754,29 @@ def _linear(seed: int, n_in: int, n_out: int, bias: bool = True, dtype=DT) -> nn
     return layer
 
 
+def _float_weight_copies(layer: nn.Module, weight: torch.Tensor) -> list[str]:
+    """The layer's attributes (outside its buffers) that hold a float tensor of the weight's shape or its memory."""
+    found = []
+
+    def visit(name: str, value, depth: int) -> None:
+        if isinstance(value, torch.Tensor):
+            same_memory = value.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+            if same_memory or (value.is_floating_point() and value.shape == weight.shape):
+                found.append(name)
+        elif isinstance(value, nn.Module) and depth:
+            for key, tensor in value.state_dict(keep_vars=True).items():
+                visit(f"{name}.{key}", tensor, 0)
+        elif isinstance(value, dict | list | tuple) and depth:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                visit(f"{name}[{key!r}]", item, depth - 1)
+
+    for name, value in vars(layer).items():
+        if name not in ("_buffers", "_parameters"):  # those are the state_dict, checked on their own
+            visit(f"self.{name}", value, 2)
+    return found
+
+
 @pytest.mark.exercise("quantize_int8")
 @pytest.mark.parametrize(("bias", "per_channel", "dtype"), [(True, True, DT), (False, True, DT), (True, False, DT),
                                                             (True, True, torch.float32)])
@@ -745,6 +794,12 @@ def test_quantized_linear_structure(impl, bias, per_channel, dtype):
         "and bias as buffers (bias None when the layer has none), and keep no other tensor, such as the float weight."
     )
     assert (layer.in_features, layer.out_features) == (6, 4), f"Called {call}. in_features/out_features are wrong."
+    kept = _float_weight_copies(layer, linear.weight)
+    assert not kept, (
+        f"Called {call}. The layer keeps {kept}: a float tensor of the weight's shape (or sharing its memory) outside "
+        "its buffers.\nBecause the point of int8 is to free the float weight's memory: keep only weight_int8, scale "
+        "and bias, and dequantize inside forward."
+    )
     q, scale = layer.weight_int8, layer.scale
     _check_quantized(linear.weight.detach(), q, scale, per_channel, call + " -> weight_int8, scale")
     unchanged = all(torch.equal(v, linear.state_dict()[k]) for k, v in before.items())
@@ -881,6 +936,56 @@ def _app_cause(tok, request: dict, matches) -> str | None:
             return client.post("/generate", json=request)
 
     return likely_cause(KATA, "create_app", run, matches=matches)
+
+
+def _served_answer(response) -> str:
+    return f"{response.status_code} {response.text[:300]}"
+
+
+@pytest.mark.exercise("create_app")
+def test_app_served_by_uvicorn_answers_concurrent_clients(impl, greedy_answers):
+    """The app as clients meet it: uvicorn in a child process (running the code under test), real HTTP."""
+    import httpx
+
+    from checks.processes import serve
+
+    bodies = [{"prompt": p} if n == 20 else {"prompt": p, "max_new_tokens": n} for p, n in greedy_answers]
+    invalid = [({"prompt": ""}, "prompt"), ({"prompt": "the cat", "max_new_tokens": 65}, "max_new_tokens"),
+               ({"prompt": "the cat", "temperature": 0}, "temperature"), ({"prompt": "the cat", "max_length": 9},
+                                                                         "max_length")]
+    sampled = {"prompt": "the cat", "max_new_tokens": 12, "do_sample": True, "temperature": 1.5, "seed": 7}
+    with serve(served_app, impl, startup_timeout=120) as server:
+
+        def post(body):
+            return httpx.post(f"{server.url}/generate", json=body, timeout=60.0)
+
+        health = httpx.get(f"{server.url}/health", timeout=10.0)
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(post, bodies))  # all at once: within the default 2 running + 16 waiting
+        rejected = [(body, field, post(body)) for body, field in invalid]
+        twice = [post(sampled) for _ in range(2)]
+        output = server.output()
+    where = f"\nThe server's output ends:\n{output}" if output.strip() else ""
+    assert (health.status_code, health.json() if health.status_code == 200 else None) == (200, {"status": "ok"}), (
+        f"GET /health on the served app answered {_served_answer(health)}; expected 200 {{'status': 'ok'}}.{where}")
+    for body, response in zip(bodies, answers, strict=True):
+        text, count = greedy_answers[(body["prompt"], body.get("max_new_tokens", 20))]
+        got = response.json() if response.status_code == 200 else None
+        if got != {"generated_text": text, "new_tokens": count}:
+            _fail(f"POST /generate {body} on the app served by uvicorn, with {len(bodies)} requests sent at once",
+                  _served_answer(response), f"200 {{'generated_text': {text!r}, 'new_tokens': {count}}}",
+                  "a served app answers concurrent clients as it answers one: each gets greedy decoding of its own "
+                  "prompt (only the new text, stopping after eos), and the default limits (2 running, 16 waiting) "
+                  f"leave room for {len(bodies)} requests at once." + where)
+    for body, field, response in rejected:
+        detail = response.json().get("detail") if response.status_code == 422 else None
+        named = isinstance(detail, list) and any(isinstance(e, dict) and field in e.get("loc", []) for e in detail)
+        assert named, (f"POST /generate {body} on the served app answered {_served_answer(response)}; expected 422 "
+                       f"naming {field!r} in its detail.\nBecause the request's pydantic model validates every "
+                       f"field (bounds, extra='forbid').{where}")
+    assert all(r.status_code == 200 for r in twice) and twice[0].json() == twice[1].json(), (
+        f"POST /generate {sampled} twice on the served app answered {[_served_answer(r) for r in twice]}; expected "
+        f"the same 200 answer twice.\nBecause a seed makes sampling reproducible.{where}")
 
 
 @pytest.mark.exercise("create_app")
@@ -1207,6 +1312,129 @@ def test_app_documents_its_api(impl, served_lm, tok):
     )
 
 
+@pytest.mark.exercise("create_app")
+def test_app_seed_zero_is_a_seed_like_any_other(impl, served_lm, tok):
+    body = {"prompt": "the cat", "max_new_tokens": 12, "do_sample": True, "temperature": 1.5, "seed": 0}
+    with _client(impl, served_lm, tok) as client:
+        answers = [client.post("/generate", json=body) for _ in range(3)]
+    got = [a.json()["generated_text"] if a.status_code == 200 else f"{a.status_code} {a.text[:100]}" for a in answers]
+    if len(set(got)) != 1:
+        _fail(f"POST /generate {body} three times", repr(got), "the same text three times",
+              "seed 0 is a seed like any other: only null means fresh entropy. Test `seed is None`, not `not seed` "
+              "(0 is falsy).")
+
+
+@pytest.mark.exercise("create_app")
+def test_app_requests_rejected_for_the_context_take_no_slot(impl, served_lm, tok):
+    too_long = {"prompt": "the cat " + "é" * 490, "max_new_tokens": 64}  # ~990 tokens + 64 > 1024
+    fine = {"prompt": "the cat", "max_new_tokens": 2}
+    with _client(impl, served_lm, tok, max_concurrency=1, max_queue=0) as client:
+        rejected = [client.post("/generate", json=too_long).status_code for _ in range(3)]
+        after = [client.post("/generate", json=fine).status_code for _ in range(2)]
+    if rejected != [422] * 3 or after != [200, 200]:
+        _fail(f"create_app(model, tok, max_concurrency=1, max_queue=0), then POST /generate with a prompt too long "
+              f"for the context three times, then {fine} twice", f"{rejected} then {after}",
+              "[422, 422, 422] then [200, 200]",
+              "a request rejected with 422 never started a generation, so it must not hold a slot: check the context "
+              "BEFORE counting the request in (or count it out in the same `finally:`).")
+
+
+@pytest.mark.exercise("create_app")
+def test_app_sets_eval_mode_at_start_up_not_when_built(impl, served_lm, tok):
+    from fastapi.testclient import TestClient
+
+    app = impl.create_app(served_lm, tok)
+    served_lm.train()  # the caller trains a little more between building the app and serving it
+    with TestClient(app):
+        started_in_eval = not served_lm.training
+    assert started_in_eval, (
+        "Called create_app(model, tok), then model.train(), then started the app (entered TestClient(app)). The "
+        "model was in training mode once the app had started.\nBecause the set-up belongs in the lifespan, which runs "
+        "when the server starts: put model.eval() there, not in create_app's own body."
+    )
+
+
+@pytest.mark.exercise("create_app")
+def test_app_concurrent_samples_with_one_seed_agree(impl, served_lm, tok):
+    body = {"prompt": "the cat", "max_new_tokens": 12, "do_sample": True, "temperature": 1.5, "seed": 11}
+    with _client(impl, served_lm, tok, max_concurrency=4) as client:
+        alone = client.post("/generate", json=body).json()
+        gate = Gate(timeout=5.0)
+        with _forward_hook(served_lm, gate), concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client.post, "/generate", json=body) for _ in range(4)]
+            gate.wait_for(4)  # the four generations are running at the same time (or we waited 5 s)
+            gate.open()
+            together = [f.result(timeout=30) for f in futures]
+    got = [r.json() if r.status_code == 200 else f"{r.status_code} {r.text[:100]}" for r in together]
+    if any(answer != alone for answer in got):
+        _fail(f"POST /generate {body} four times at once (max_concurrency=4)", repr(got),
+              f"four times {alone!r}, the answer to the same request alone",
+              "each request draws from a torch.Generator of its own, created inside the request: one generator "
+              "shared by the app (or the global RNG) interleaves the draws of concurrent requests.")
+
+
+@pytest.mark.exercise("create_app")
+def test_app_keeps_the_prompt_and_the_text_as_they_are(impl, served_lm, tok):
+    # "the cat " (with its space) continues differently from "the cat"; " " is a legal prompt of one character;
+    # "the kata" continues with " wquququququ": a leading space is part of the new text
+    cases = [("the cat ", 5), (" ", 5), ("the kata", 6)]
+    with _client(impl, served_lm, tok) as client:
+        for prompt, n in cases:
+            body = {"prompt": prompt, "max_new_tokens": n}
+            response = client.post("/generate", json=body)
+            text, count = _greedy(served_lm, tok, prompt, n)
+            got = response.json() if response.status_code == 200 else None
+            if got != {"generated_text": text, "new_tokens": count}:
+                _fail(f"POST /generate {body}", f"{response.status_code} {response.text[:200]}",
+                      f"200 {{'generated_text': {text!r}, 'new_tokens': {count}}}",
+                      "the prompt is tokenized as the client sent it (spaces are tokens too: no strip) and the new "
+                      "text is returned as decoded (no strip either).")
+
+
+@pytest.mark.exercise("create_app")
+def test_app_generates_without_building_a_graph(impl, served_lm, tok):
+    modes = []
+    with _forward_hook(served_lm, lambda module, args: modes.append(torch.is_grad_enabled())), \
+            _client(impl, served_lm, tok) as client:
+        for body in ({"prompt": "the cat", "max_new_tokens": 4},
+                     {"prompt": "the cat", "max_new_tokens": 4, "do_sample": True, "seed": 1}):
+            assert client.post("/generate", json=body).status_code == 200
+    assert modes and not any(modes), (
+        f"POST /generate ran {sum(modes)} of its {len(modes)} forward passes with grad mode on.\nBecause grad mode is "
+        "set per thread and is ON in a fresh worker thread: wrap the generation in torch.no_grad() inside the "
+        "function that runs in the thread, or every request keeps a graph of all its steps in memory."
+    )
+
+
+@pytest.mark.exercise("create_app")
+def test_app_samples_from_the_whole_distribution(impl, served_lm, tok):
+    prompt, n, temperature = "the cat", 150, 2.0
+    with torch.no_grad():
+        was = served_lm.training
+        served_lm.eval()
+        logits = served_lm(tok(prompt, return_tensors="pt").input_ids).logits[0, -1]
+        served_lm.train(was)
+    probs = torch.softmax(logits.double() / temperature, -1).tolist()
+    texts = [tok.decode([i], skip_special_tokens=True) for i in range(len(probs))]
+    top50 = {texts[i] for i in torch.topk(logits, 50).indices.tolist()}
+    # the texts of the 50 most likely tokens, and the probability of drawing a token whose text is none of them
+    tail = sum(p for text, p in zip(texts, probs, strict=True) if text not in top50)
+    with _client(impl, served_lm, tok) as client:
+        firsts = []
+        for seed in range(n):
+            body = {"prompt": prompt, "max_new_tokens": 1, "do_sample": True, "temperature": temperature, "seed": seed}
+            firsts.append(client.post("/generate", json=body).json()["generated_text"])
+    outside = sum(1 for text in firsts if text not in top50)
+    least = n * tail - 4.5 * math.sqrt(n * tail * (1 - tail))  # 4.5 binomial standard deviations below the mean
+    assert outside >= least, (
+        f"POST /generate with do_sample true, temperature {temperature} and seeds 0..{n - 1} drew a token outside "
+        f"the 50 most likely ones {outside} times; expected about {n * tail:.0f} (they hold {tail:.0%} of the "
+        "probability).\n"
+        "Because sampling draws from the whole softmax(logits / temperature), without top-k or top-p (those are "
+        "model.generate's defaults, not this API's)."
+    )
+
+
 # the slow checks: the app as clients meet it
 
 
@@ -1292,8 +1520,8 @@ def test_app_served_with_uvicorn_under_a_burst_of_requests(impl, served_lm, tok,
                 with lock:
                     results.append((code, time.perf_counter() - started, prompt, body))
 
-    impl.create_app(served_lm, tok)  # in this process first: a stub says so here, not from inside the server
-    with serve("checks.phase3.test_w23_deployment:served_app", impl, startup_timeout=120) as url:
+    with serve(served_app, impl, startup_timeout=120) as server:
+        url = server.url
         with httpx.Client(base_url=url, timeout=10.0) as probe:
             assert probe.get("/health").json() == {"status": "ok"}
             threads = [threading.Thread(target=client_loop, args=(k, url), daemon=True) for k in range(connections)]
@@ -1337,10 +1565,19 @@ def _gradio():
     return pytest.importorskip("gradio", reason="gradio is an optional extra: pip install -e \".[demo]\"")
 
 
+@pytest.fixture
+def no_launch(monkeypatch):
+    """gradio, with launch() replaced by a recorder: a check never starts a web server, and sees who tried."""
+    gr = _gradio()
+    launches = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, *args, **kwargs: launches.append((args, kwargs)))
+    return gr, launches
+
+
 @pytest.mark.exercise("create_demo")
 @pytest.mark.timeout(120)  # importing gradio takes seconds
-def test_demo_is_an_interface_with_the_documented_components(impl):
-    gr = _gradio()
+def test_demo_is_an_interface_with_the_documented_components(impl, no_launch):
+    gr, launches = no_launch
     calls = []
 
     def generate(prompt, max_new_tokens, temperature):
@@ -1350,6 +1587,10 @@ def test_demo_is_an_interface_with_the_documented_components(impl):
     demo = impl.create_demo(generate)
     assert isinstance(demo, gr.Interface), f"create_demo returned {describe(demo)}; expected a gradio Interface."
     assert calls == [], f"create_demo called generate_fn while building the interface: {calls}."
+    assert launches == [], (
+        f"create_demo called demo.launch{launches[0] if launches else ''}.\nBecause create_demo only builds the "
+        "interface and returns it: launch() starts a web server (and blocks), which the caller decides to do."
+    )
     kinds = [(type(c).__name__, c.label) for c in demo.input_components]
     assert kinds == [("Textbox", "Prompt"), ("Slider", "Max new tokens"), ("Slider", "Temperature")], (
         f"The interface's inputs are {kinds}; expected a Textbox 'Prompt', a Slider 'Max new tokens' and a Slider "
@@ -1368,22 +1609,25 @@ def test_demo_is_an_interface_with_the_documented_components(impl):
 
 @pytest.mark.exercise("create_demo")
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("args", "passed"), [(("hi", 5.0, 0.7), ("hi", 5, 0.7)), (("", 64.0, 2), ("", 64, 2.0))])
-def test_demo_callback_calls_generate_fn(impl, args, passed):
-    _gradio()
+@pytest.mark.parametrize(("args", "passed"), [(("hi", 5.0, 0.7), ("hi", 5, 0.7)), (("", 64.0, 2), ("", 64, 2.0)),
+                                               (("  once upon\n", 3.0, 0.75), ("  once upon\n", 3, 0.75))])
+def test_demo_callback_calls_generate_fn(impl, no_launch, args, passed):
     calls = []
 
     def generate(prompt, max_new_tokens, temperature):
         calls.append((prompt, max_new_tokens, temperature))
-        return f"<{prompt}|{max_new_tokens}|{temperature}>"
+        return f" <{prompt}|{max_new_tokens}|{temperature}>\n"  # a continuation starts with a space
 
     demo = impl.create_demo(generate)
     got = demo.fn(*args)
     assert calls == [passed] and [type(v) for v in calls[0]] == [str, int, float], (
         f"The interface's callback, called with {args}, called generate_fn with {calls}; expected {passed} once, as "
-        "(str, int, float): a Slider gives floats, and a token count must be an int."
+        "(str, int, float): the prompt and the temperature as they are, and the token count as an int (a Slider "
+        "gives floats)."
     )
-    assert got == generate(*passed), f"The callback returned {got!r}; expected what generate_fn returned."
+    assert got == generate(*passed), (
+        f"The interface's callback, called with {args}, returned {got!r}; expected {generate(*passed)!r}, exactly "
+        "what generate_fn returned (no stripping, no prompt in front).")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1391,7 +1635,8 @@ def test_demo_callback_calls_generate_fn(impl, args, passed):
 
 
 BATCH_PROMPTS = ["the cat", "a mat while dogs ran past quickly", "seven", "old wizard and one bright lamp",
-                 "quickly under", "the", "dogs ran past quickly under seven bright lamps", "one old wizard"]
+                 "quickly under", "the", "dogs ran past quickly under seven bright lamps", "one old wizard",
+                 "a dogs"]  # the last one's continuation starts with a space: ' onck;ck'
 
 
 @pytest.fixture(scope="module")
@@ -1406,7 +1651,7 @@ def _batch_call(prompts, max_new_tokens) -> str:
 @pytest.mark.exercise("batch_generate")
 @pytest.mark.parametrize(("indices", "max_new_tokens"), [
     ((0, 1, 2, 3), 10), ((4, 5, 6, 7), 6), ((2, 6), 12), ((1,), 5), ((0, 0, 5), 3), ((3, 7), 1),
-    (tuple(range(8)), 20)])
+    ((8, 1, 5), 6), (tuple(range(8)), 20)])
 def test_batch_equals_one_prompt_at_a_time(impl, batch_lm, indices, max_new_tokens):
     tok = new_tokenizer()
     prompts = [BATCH_PROMPTS[i] for i in indices]
@@ -1427,7 +1672,8 @@ def test_batch_equals_one_prompt_at_a_time(impl, batch_lm, indices, max_new_toke
         _fail(call, f"{got!r:.400}", f"{expected!r:.400} (first difference at prompt {wrong[:1]})",
               "each prompt's continuation must be what greedy generation of that prompt alone gives: pad on the LEFT, "
               "pass the attention mask, decode only the new tokens with skip_special_tokens=True (texts that reach "
-              "eos stop there), dropout off; max_new_tokens defaults to 20.", cause)
+              "eos stop there; a leading space is part of the text: do not strip it), dropout off; max_new_tokens "
+              "defaults to 20.", cause)
     assert batch_lm.training, f"Called {call} on a model in training mode. It left the model in eval mode."
     assert _same_parameters(batch_lm, before), f"Called {call}. It changed the model's weights."
     assert prompts == pristine, f"Called {call}. It modified the list of prompts."
@@ -1551,6 +1797,9 @@ def test_filter_known_examples(impl):
         ("bad_word and bad2", ["bad", "word"], []),
         ("BAD", ["bad", "Bad", "bad"], ["bad", "Bad", "bad"]),
         ("nothing to see", [], []),
+        ("un café noir, naïve", ["caf", "na", "ve", "noir"], ["noir"]),  # é and ï are letters (\w), not boundaries
+        ("Die Strasse ist lang", ["straße"], []),  # re.IGNORECASE does not fold ß to ss (str.casefold would)
+        ("bad apple", [" bad", "apple ", "bad"], ["bad"]),  # spaces inside an entry are matched literally too
     ]
     for text, blocklist, expected in cases:
         got = impl.content_filter(text, list(blocklist))
@@ -1558,8 +1807,9 @@ def test_filter_known_examples(impl):
             cause = likely_cause(KATA, "content_filter", lambda f, t=text, b=blocklist: f(t, list(b)),
                                  matches=lambda r, g=got: r == g)
             _fail(format_call("content_filter", (text, blocklist)), repr(got), repr(expected),
-                  "matches are whole words (no \\w before or after), case-insensitive, literal (re.escape), reported "
-                  "in blocklist order as spelled there.", cause)
+                  "matches are whole words (no \\w before or after: letters of any alphabet, digits and _), "
+                  "case-insensitive as re.IGNORECASE, literal (re.escape; spaces and all), reported in blocklist "
+                  "order as spelled there.", cause)
 
 
 @pytest.mark.exercise("content_filter")

@@ -175,8 +175,8 @@ def train_step_mixed_precision(
     almost nothing; then ``scaler.step(optimizer)`` (it skips the step when a gradient is inf or nan) and
     ``scaler.update()`` (it lowers the scale after a skipped step and raises it after enough good ones).
 
-    Returns ``loss.item()``, the unscaled loss. A ``max_grad_norm`` that is not positive is a ``ValueError``
-    naming it.
+    Returns ``loss.item()``, the unscaled loss. A ``max_grad_norm`` that is not positive (0, negative, or nan,
+    which would turn every gradient into nan) is a ``ValueError`` naming it.
 
     Example::
 
@@ -201,8 +201,10 @@ class RewardModel(nn.Module):
     the hidden state of each row's LAST REAL token, the largest position where ``attention_mask`` is 1. The
     learning path read position -1, which is a padding token in every right-padded row shorter than the
     batch: its reward then changed with the amount of padding. With the last real token a sequence gets the
-    same reward whatever padding follows it (and left padding works too). This is what
-    ``transformers.GPT2ForSequenceClassification`` does with ``num_labels=1``.
+    same reward whatever padding follows it (and left padding works too). Read it from the mask, not from the
+    ids: ``transformers.GPT2ForSequenceClassification`` (``num_labels=1``) reads the same token as long as the pad
+    id appears only in the padding, but it looks for the rightmost id that is not the pad id, so when the pad
+    token is the eos token it skips a sequence's final eos; the mask still says that eos is real.
 
     Errors (``ValueError``): ``input_ids`` and ``attention_mask`` of different shapes; a row whose mask has no 1
     at all (naming the row). The inputs are not modified.
@@ -264,8 +266,10 @@ def sequence_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     Summed, not averaged: DPO compares log pi(y|x) of whole responses, the sum over their tokens (the
     convention of TRL's ``DPOTrainer``). Some from-scratch implementations average over the response tokens
     instead; that is a different loss, in which a response's length no longer scales its log-probability.
-    A row without response tokens gives 0. The result keeps the logits' dtype, and gradients flow through it into the model (DPO trains on
-    it): no ``torch.no_grad()`` inside. The model's train/eval mode and the inputs are left unchanged.
+    A row without response tokens gives 0. The result keeps the logits' dtype, and gradients flow through it into
+    the model (DPO trains on it): no ``torch.no_grad()`` inside. The model is scored in the mode the caller left it
+    in (a policy in training, with its dropout): do not switch it to eval mode, not even for a moment. The inputs
+    are left unchanged.
 
     Errors (``ValueError``): tensors of different shapes; a response token at position 0 (nothing before it
     can predict it), naming the row; a response token where ``attention_mask`` is 0, naming the row.
@@ -325,7 +329,8 @@ def ppo_clip_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, clip: 
 
     ``logp_new`` are the log-probabilities of the taken actions (tokens) under the policy being trained,
     ``logp_old`` under the policy that collected the data, ``advantages`` how much better than expected each
-    action turned out; all of one shape. ``r = exp(logp_new - logp_old)`` is the probability ratio.
+    action turned out; all of one shape. ``r = exp(logp_new - logp_old)`` is the probability ratio (take the
+    difference first: the log-probability of a whole response can be -800, and ``exp(-800)`` is 0).
 
     The clip is what keeps an update small, and it acts only on one side, the side the sign of the advantage
     selects:
@@ -409,7 +414,8 @@ def checkpointed_forward(block: nn.Module, x: Tensor) -> Tensor:
       default), so a dropout inside the block drops the same elements both times; without it the gradients
       belong to a different dropout mask than the output.
 
-    Returns a tensor like ``block(x)``. The input is not modified.
+    Returns a tensor like ``block(x)``. The input is not modified (nor its ``requires_grad``), and the block runs
+    in the train/eval mode the caller set.
 
     Example::
 

@@ -267,7 +267,8 @@ def create_app(model, tokenizer, *, max_concurrency: int = 2, max_queue: int = 1
     **Off the event loop.** Forward passes are CPU-bound: run them in a worker thread
     (``await anyio.to_thread.run_sync(fn, *args, limiter=...)``, or make the endpoint a plain ``def``, which
     FastAPI runs in its thread pool) so the event loop keeps answering ``/health`` and other requests while a
-    generation runs. Tokenize and decode on the event loop itself (they take microseconds, and a fast
+    generation runs. Generate under ``torch.no_grad()`` inside the function that runs in the thread: grad
+    mode is set per thread, and a fresh worker thread has it on. Tokenize and decode on the event loop itself (they take microseconds, and a fast
     tokenizer must not be called from two threads at once).
 
     **Bounded.** At most ``max_concurrency`` generations run at once; at most ``max_queue`` more requests wait

@@ -109,16 +109,44 @@ def test_a_served_app_runs_the_chosen_implementation_and_is_stopped():
     pytest.importorskip("uvicorn")
     import httpx
 
-    with serve("checks.harness.tests.test_processes:served_spec_app", _module(MISTAKE), startup_timeout=60) as url:
-        assert url.startswith("http://127.0.0.1:")
-        answer = httpx.get(f"{url}/which", timeout=10).json()
-    assert answer["module"]== "reference.phase1.w01_numpy__mistake_softmax_without_max"
+    with serve(served_spec_app, _module(MISTAKE), startup_timeout=60) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        answer = httpx.get(f"{server.url}/which", timeout=10).json()
+        print("served and answered")  # the server's own output is kept apart from the check's
+        assert "served and answered" not in server.output()
+    assert answer["module"] == "reference.phase1.w01_numpy__mistake_softmax_without_max"
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"{url}/which", timeout=2)
+        httpx.get(f"{server.url}/which", timeout=2)
 
 
-def test_a_server_that_cannot_start_fails_the_check_with_its_output():
+def stub_app():
+    """An app whose construction calls a stub, as a learner's create_app does before it is written."""
+    implementation("w01_numpy").softmax([[1.0]])
+
+
+def app_that_crashes():
+    return {}["no app"]
+
+
+def app_failing_at_start_up():
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+
+    @asynccontextmanager
+    async def lifespan(app):
+        raise RuntimeError("the model did not load")
+        yield
+
+    return Starlette(lifespan=lifespan)
+
+
+def test_a_server_that_cannot_start_is_reported_as_what_it_is():
     pytest.importorskip("uvicorn")
-    with pytest.raises(pytest.fail.Exception, match="exited with code"), serve("checks.no_such_module:app",
-                                                                               _module("reference")):
+    with pytest.raises(NotImplementedError, match="not implemented yet"), serve(stub_app, _module("katas")):
+        pass
+    with pytest.raises(ChildCrashed, match="KeyError"), serve(app_that_crashes, _module("reference")):
+        pass
+    with pytest.raises(pytest.fail.Exception, match="(?s)exited with code.*the model did not load"), \
+            serve(app_failing_at_start_up, _module("reference")):
         pass
