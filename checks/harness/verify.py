@@ -56,7 +56,7 @@ def static_problems(registry: Registry, kata_ids: set[str] | None = None) -> lis
     return problems
 
 
-def _is_code_under_test(filename: str) -> bool:
+def is_code_under_test(filename: str) -> bool:
     path = Path(filename).resolve()
     return any(d in path.parents for d in (paths.REFERENCE_DIR, paths.KATAS_DIR, paths.MISTAKES_DIR))
 
@@ -79,7 +79,7 @@ def is_catch(exc: BaseException, assertion_types: tuple[type[BaseException], ...
     if isinstance(exc, assertion_types):
         return True
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_project_file(f.filename)]
-    return bool(frames) and _is_code_under_test(frames[-1].filename)
+    return bool(frames) and is_code_under_test(frames[-1].filename)
 
 
 def rewrite_report(report: pytest.TestReport, choice: ImplChoice, outcome: str, exercise: Exercise) -> None:

@@ -149,3 +149,25 @@ def test_parallel_runs_record_progress_once_from_the_controller(project):
     run = project.pytest("checks/phase1/test_w01_numpy.py", "-n", "2", "--exercise", SOFTMAX)
     assert run.returncode == 0, run.stdout[-2000:]
     assert progress_of(project)["w01_numpy"]["softmax"]["status"] == "passed"
+
+
+SLOW_SET_UP = '''
+
+@pytest.fixture
+def slow_set_up():
+    __import__("time").sleep(2.5)  # the check's own work, such as a first import on a busy machine
+
+
+@pytest.mark.exercise("softmax")
+@pytest.mark.timeout(1)
+def test_with_a_slow_set_up(impl, slow_set_up):
+    __import__("time").sleep(1.5)
+    assert impl.softmax([[0.0, 0.0]])[0, 0] == 0.5
+'''
+
+
+def test_the_time_limit_counts_the_code_under_test_not_the_checks_own_work(project):
+    checks = project.read("checks/phase1/test_w01_numpy.py")
+    project.write("checks/phase1/test_w01_numpy.py", checks + SLOW_SET_UP)
+    run = project.pytest("checks/phase1/test_w01_numpy.py::test_with_a_slow_set_up", "--impl", "reference")
+    assert run.returncode == 0, run.stdout[-2000:]
