@@ -15,6 +15,7 @@ import gc
 import importlib.util
 import os
 import signal
+import sys
 import threading
 import time
 from functools import cached_property
@@ -451,6 +452,9 @@ def pytest_runtest_call(item: pytest.Item):
     accelerate), which took 0.2 s of each 0.25 s fine-tuning run. Unfreezing afterwards lets what the check
     left behind be collected as usual.
 
+    Every check starts with grad mode on, as a fresh process has it: a wrong answer that calls
+    ``torch.set_grad_enabled(False)`` and returns changes only its own check's outcome.
+
     For a failing example, hypothesis's pytest plugin writes a patch that adds it to the check's source
     (``.hypothesis/patches``): nothing a learner should apply, and importing its source rewriter costs
     more than half a second on every failing run.
@@ -460,6 +464,8 @@ def pytest_runtest_call(item: pytest.Item):
         return (yield)
     finally:
         gc.unfreeze()
+        if "torch" in sys.modules:  # code that turned grad mode off and never back on must not reach the next check
+            sys.modules["torch"].set_grad_enabled(True)
         state = _state(item.config)
         if state.learner or state.verify:
             item.__dict__.pop("_hypothesis_failing_examples", None)

@@ -171,3 +171,28 @@ def test_the_time_limit_counts_the_code_under_test_not_the_checks_own_work(proje
     project.write("checks/phase1/test_w01_numpy.py", checks + SLOW_SET_UP)
     run = project.pytest("checks/phase1/test_w01_numpy.py::test_with_a_slow_set_up", "--impl", "reference")
     assert run.returncode == 0, run.stdout[-2000:]
+
+
+GRAD_OFF = '''
+
+@pytest.mark.exercise("softmax")
+def test_a_answer_that_turns_grad_mode_off(impl):
+    import torch
+
+    torch.set_grad_enabled(False)  # as a wrong answer might, without turning it back on
+    assert impl.softmax([[0.0, 0.0]])[0, 0] == 0.5
+
+
+@pytest.mark.exercise("softmax")
+def test_b_the_next_check_starts_with_grad_mode_on(impl):
+    import torch
+
+    assert torch.is_grad_enabled()
+'''
+
+
+def test_every_check_starts_with_grad_mode_on(project):
+    project.write("checks/phase1/test_w01_numpy.py", project.read("checks/phase1/test_w01_numpy.py") + GRAD_OFF)
+    run = project.pytest("checks/phase1/test_w01_numpy.py", "-k", "test_a_answer or test_b_the_next", "--impl",
+                         "reference")
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-2000:]
