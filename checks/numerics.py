@@ -118,6 +118,16 @@ def likely_cause(
     return None
 
 
+def cause_line(cause: str | Callable[[], str | None] | None) -> str:
+    """The "Likely cause: ..." line that ends a failure message, or "" when no catalogued mistake matches.
+
+    ``cause`` is a string, None, or a function that finds one (for example a ``lambda`` around
+    ``likely_cause``), so that the search for a cause only runs when the check has already failed.
+    """
+    cause = cause() if callable(cause) else cause
+    return f"\nLikely cause: {cause}" if cause else ""
+
+
 def _shrinking() -> bool:
     from hypothesis.control import current_build_context, currently_in_test_context
 

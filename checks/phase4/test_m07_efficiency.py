@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, seeded, seeds
 
 pytestmark = pytest.mark.kata("m07_efficiency")
@@ -48,12 +48,6 @@ pytestmark = pytest.mark.kata("m07_efficiency")
 KATA = "m07_efficiency"
 DT = torch.float64
 TIGHT = {"rtol": 1e-7, "atol": 1e-10}  # float64 against PyTorch's float64 (different summation orders)
-
-
-def _cause_line(cause) -> str:
-    """The "Likely cause" line; ``cause`` is a string, None, or a function that finds one (only on a failure)."""
-    cause = cause() if callable(cause) else cause
-    return f"\nLikely cause: {cause}" if cause else ""
 
 
 def _assert_unchanged(call: str, pristine: dict, given_args: dict, cause=None) -> None:
@@ -70,7 +64,7 @@ def _assert_unchanged(call: str, pristine: dict, given_args: dict, cause=None) -
         raise AssertionError(
             f"Called {call}. It modified its argument `{name}` in place: {change}.\nBecause the caller still needs "
             "its inputs: build new tensors (s = q_tile * scale) instead of writing into them (q_tile *= scale)."
-            + _cause_line(cause)
+            + cause_line(cause)
         )
 
 
@@ -313,7 +307,7 @@ def test_flash_attention_never_builds_the_score_matrix(impl, block_size, causal,
             f"({tile:,}), or the size of q, k, v and the output ({lead * T * 8:,}).\nBecause flash attention never "
             f"builds the {T} x {T} matrix of scores, a {T} x {T} mask, or a strip of {bs} x {T} scores: tile the "
             "queries AND the keys, and combine the key tiles with the online softmax (running max, sum and "
-            "weighted values)." + _cause_line(cause)
+            "weighted values)." + cause_line(cause)
         )
     tiles = [entry for entry in seen.created if entry[1][-2:] == (bs, bs)]
     assert tiles, (
@@ -321,7 +315,7 @@ def test_flash_attention_never_builds_the_score_matrix(impl, block_size, causal,
         f"{sorted({entry[1] for entry in seen.created}, key=math.prod)[-3:]}.\nBecause block_size "
         + ("defaults to 64" if block_size is None else f"is {bs}")
         + f" and is the tile size for both queries and keys: with {T} queries and keys there are full "
-          f"{bs} x {bs} tiles." + _cause_line(lambda: likely_cause(
+          f"{bs} x {bs} tiles." + cause_line(lambda: likely_cause(
               KATA, "flash_attention", lambda f: _largest_created(f, kwargs), matches=lambda found: found[1:] == (
                   max(((o, s, n) for o, s, n in seen.created), key=lambda e: e[2])[1:]))))
     expected = _torch_attention(kwargs)
@@ -346,7 +340,7 @@ def test_flash_attention_left_padding_and_empty_rows(impl, block_size):
             f"Called {call}. The output contains nan or inf at {torch.nonzero(~torch.isfinite(out))[:4].tolist()}..."
             f"\nBecause rows whose first key tiles are all padding have a running max of -inf, and exp(m - m_new) "
             "= exp(-inf - (-inf)) = nan: shift such rows by 0 instead. A row with no allowed key at all is 0."
-            + _cause_line(lambda kwargs=kwargs: likely_cause(KATA, "flash_attention", lambda f: f(
+            + cause_line(lambda kwargs=kwargs: likely_cause(KATA, "flash_attention", lambda f: f(
                 **copy.deepcopy(kwargs)), matches=lambda got: not torch.isfinite(got).all())))
         expected = _torch_attention(kwargs)
         wrong = error_report(out, expected, **TIGHT)
@@ -383,7 +377,7 @@ def test_flash_attention_gradients_match_torch(impl, masked):
     assert out.requires_grad, (
         f"Called {call} on q, k, v that require gradients. The output does not require grad: nothing connects "
         "it to q, k and v.\nBecause flash attention is used for training too: no torch.no_grad(), no .detach() of "
-        "what the output is made of." + _cause_line(lambda: likely_cause(
+        "what the output is made of." + cause_line(lambda: likely_cause(
             KATA, "flash_attention", lambda f: f(*(t.clone().requires_grad_() for t in (q, k, v)), **options),
             matches=lambda got: not got.requires_grad)))
     try:
@@ -443,7 +437,7 @@ def test_flash_attention_keeps_the_input_dtype(impl, dtype):
     call = _flash_call(kwargs)
     assert out.dtype == dtype, (
         f"Called {call}. The output has dtype {out.dtype}; expected {dtype}, the dtype of q, k and v (running "
-        "statistics created in another dtype promote the result)." + _cause_line(lambda: likely_cause(
+        "statistics created in another dtype promote the result)." + cause_line(lambda: likely_cause(
             KATA, "flash_attention", lambda f: f(**copy.deepcopy(kwargs)), matches=lambda got: got.dtype == out.dtype))
     )
     # compared in float64 (NumPy, which reports the differences, has no bfloat16)
@@ -652,13 +646,13 @@ def _check_speculative(impl, kind: str, idx: torch.Tensor, n: int, k: int | None
         f"draft calls; expected {plan}.\nBecause each round drafts d = min(k, tokens left - 1) guesses (one draft "
         "call each), calls the target once on the sequence and all d guesses, keeps the guesses up to the first "
         "that differs from the target's choice, and then adds the target's own next token (a correction, or a "
-        "bonus when all d were kept)." + _cause_line(cause)
+        "bonus when all d were kept)." + cause_line(cause)
     )
     grads = [c for c in target.calls + draft.calls if c["grad"]]
     assert not grads, (
         f"Called {call}. {len(grads)} of the {len(target.calls) + len(draft.calls)} model calls ran with autograd "
         "on.\nBecause generation needs no gradients: run the rounds under torch.no_grad(), or every call keeps "
-        "an autograd graph of activations alive." + _cause_line(cause)
+        "an autograd graph of activations alive." + cause_line(cause)
     )
     return tokens, accepted, target, draft
 
@@ -720,7 +714,7 @@ def test_speculative_decode_known_values(impl):
         "and the target, in one call, chooses 1, 2, 3: two guesses are kept and 3 corrects the 0. Round 2 has 3 "
         "tokens left, so it guesses 2 (4, 0), the target agrees (after a 4 the tie between 0 and 3 goes to the "
         "lowest id) and adds a bonus 1: 4 guesses kept, 2 target calls."
-        + _cause_line(lambda: _spec_cause("known", idx, 6, 3, _counting_target, _counting_draft, observed))
+        + cause_line(lambda: _spec_cause("known", idx, 6, 3, _counting_target, _counting_draft, observed))
     )
     lengths = [c["length"] for c in target.calls], [c["length"] for c in draft.calls]
     assert lengths == ([4, 6], [1, 2, 3, 4, 5]), (

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, seeded, seeds
 
 pytestmark = pytest.mark.kata("m07_multimodal")
@@ -66,11 +66,6 @@ def _assert_unchanged(call: str, pristine: dict, given_args: dict) -> None:
             f"{describe(after)}.\nBecause the caller still needs its inputs: build new tensors (x = x / n) instead "
             "of writing into them (x /= n, x.div_(n))."
         )
-
-
-def _cause_line(cause) -> str:
-    cause = cause() if callable(cause) else cause
-    return f"\nLikely cause: {cause}" if cause else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,7 +97,7 @@ def _clip_cause(kwargs: dict, actual):
 
 def _check_loss_value(got, expected: float, call: str, because: str, cause=None, rtol=1e-9, atol=1e-10) -> None:
     assert isinstance(got, torch.Tensor) and got.ndim == 0, (
-        f"Called {call}. Returned {describe(got)}; expected a 0-dimensional tensor (one number)." + _cause_line(cause))
+        f"Called {call}. Returned {describe(got)}; expected a 0-dimensional tensor (one number)." + cause_line(cause))
     wrong = error_report(got.detach(), torch.tensor(expected, dtype=DT), rtol, atol)
     assert_close(got.detach().double(), torch.tensor(expected, dtype=DT), call=call, because=because, rtol=rtol,
                  atol=atol, cause=cause() if wrong and callable(cause) else None)

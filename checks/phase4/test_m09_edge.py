@@ -37,7 +37,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, seeds
 
 pytestmark = pytest.mark.kata("m09_edge")
@@ -45,12 +45,6 @@ pytestmark = pytest.mark.kata("m09_edge")
 KATA = "m09_edge"
 DT = torch.float64
 TIGHT = {"rtol": 1e-9, "atol": 1e-10}
-
-
-def _cause_line(cause) -> str:
-    """The "Likely cause" line; ``cause`` is a string, None, or a function that finds one (only on a failure)."""
-    cause = cause() if callable(cause) else cause
-    return f"\nLikely cause: {cause}" if cause else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,12 +92,12 @@ def _check_int4(w: torch.Tensor, group_size: int, result, call: str, cause=None)
     assert (isinstance(packed, torch.Tensor) and packed.dtype == torch.uint8 and tuple(packed.shape) == lead + (n // 2,)
             and packed.device == w.device), (
         f"Called {call}. packed is {describe(packed)}; expected a torch.uint8 tensor of shape {lead + (n // 2,)} "
-        "(two 4-bit values per byte) on w's device." + _cause_line(cause))
+        "(two 4-bit values per byte) on w's device." + cause_line(cause))
     shape = lead + (n // group_size,)
     assert (isinstance(scale, torch.Tensor) and tuple(scale.shape) == shape and scale.dtype == w.dtype
             and scale.device == w.device), (
         f"Called {call}. scale is {describe(scale)}; expected shape {shape} (one scale per group of {group_size} "
-        f"along the last dimension) in w's dtype {w.dtype}." + _cause_line(cause))
+        f"along the last dimension) in w's dtype {w.dtype}." + cause_line(cause))
     expected_scale = _expected_scale(w, group_size)
     wrong = error_report(scale.double(), expected_scale, SCALE_RTOL[w.dtype], 0.0)
     assert_close(scale.double(), expected_scale, call=call + " -> scale", rtol=SCALE_RTOL[w.dtype],
@@ -114,7 +108,7 @@ def _check_int4(w: torch.Tensor, group_size: int, result, call: str, cause=None)
     bad = (q < -7).nonzero()
     assert not len(bad), (
         f"Called {call}. packed holds the nibble 0 (q = -8) at {tuple(bad[0].tolist())}; quantize only produces "
-        "-7 .. 7, stored as q + 8 in 1 .. 15." + _cause_line(cause))
+        "-7 .. 7, stored as q + 8 in 1 .. 15." + cause_line(cause))
     per = _per_element(scale.double(), group_size)
     steps = w.double() / per
     off = (q.double() - steps).abs()
@@ -125,17 +119,17 @@ def _check_int4(w: torch.Tensor, group_size: int, result, call: str, cause=None)
             f"{float(per[index])!r}, so it is {float(steps[index]):.4g} steps, but packed holds q = "
             f"{int(q[index])} there (nibble {int(q[index]) + 8}).\nBecause q = round(w / scale), stored as q + 8, "
             "element 2j in the LOW 4 bits of byte j and 2j + 1 in the HIGH 4 bits; so every value is at most half a "
-            "step off." + _cause_line(cause))
+            "step off." + cause_line(cause))
     zeros = (w == 0) & (q != 0)
     assert not bool(zeros.any()), (
         f"Called {call}. An exact zero of w at {tuple(zeros.nonzero()[0].tolist())} is stored as q = "
-        f"{int(q[zeros][0])}; 0 must come back as exactly 0." + _cause_line(cause))
+        f"{int(q[zeros][0])}; 0 must come back as exactly 0." + cause_line(cause))
     if n:
         full = (q.reshape(*lead, n // group_size, group_size).abs().amax(dim=-1) == 7) | (
             _expected_scale(w, group_size) == 1) & (w.reshape(*lead, n // group_size, group_size) == 0).all(dim=-1)
         assert bool(full.all()), (
             f"Called {call}. Groups {full.logical_not().nonzero().tolist()[:3]} do not use +-7: each group's largest "
-            "weight must map to +-7, or precision is thrown away." + _cause_line(cause))
+            "weight must map to +-7, or precision is thrown away." + cause_line(cause))
     return q, scale
 
 
@@ -193,7 +187,7 @@ def test_int4_properties_and_round_trip(impl, case):
     bound = per / 2 * (1 + 1e-6) + 1e-300
     assert bool((err <= bound).all()), (
         f"Called {call}. (q - 8 nibble) * scale is off from w by up to {float(err.max()):.3g}; expected at most "
-        "scale / 2 for each element's group." + _cause_line(cause))
+        "scale / 2 for each element's group." + cause_line(cause))
     back_call = f"dequantize_int4_grouped(*{call})"
     packed_before, scale_before = packed.clone(), scale.clone()
     back = impl.dequantize_int4_grouped(packed, scale)
@@ -228,7 +222,7 @@ def test_int4_known_bytes_and_default_group_size(impl):
     assert isinstance(packed, torch.Tensor) and (torch.equal(packed, expected) or torch.equal(packed, tie)), (
         f"Called {call}.\nReturned packed {describe(packed)},\nexpected {describe(expected)}.\nBecause each value is "
         "stored as the nibble q + 8, element 2j in the LOW 4 bits of byte j and element 2j + 1 in the HIGH 4 "
-        "bits: byte = (q[2j] + 8) | (q[2j + 1] + 8) << 4." + _cause_line(_int4_cause(w, 2, packed, scale)))
+        "bits: byte = (q[2j] + 8) | (q[2j + 1] + 8) << 4." + cause_line(_int4_cause(w, 2, packed, scale)))
     w64 = randn(generator(5), 3, 64)
     packed, scale = impl.quantize_int4_grouped(w64.clone())
     assert tuple(scale.shape) == (3, 2) and tuple(packed.shape) == (3, 32), (
@@ -429,7 +423,7 @@ def test_prune_matches_torch_global_unstructured(impl, seed, sparsity, dtype):
         f"Called {call}.\nIt pruned {got_k} of the {total} Linear weights; expected exactly "
         f"round({sparsity} * {total}) = {k}.\nBecause the sparsity counts all nn.Linear weights together (not "
         "biases, not the LayerNorm)."
-        + _cause_line(cause))
+        + cause_line(cause))
     for name, mask in expected.items():
         if not torch.equal(masks[name], mask):
             raise AssertionError(
@@ -437,7 +431,7 @@ def test_prune_matches_torch_global_unstructured(impl, seed, sparsity, dtype):
                 f"torch.nn.utils.prune.global_unstructured(L1Unstructured, amount={sparsity}) prunes "
                 f"{int((~mask).sum())} there ({int((masks[name] != mask).sum())} entries differ).\nBecause the k "
                 "smallest |w| over ALL the Linear layers together are pruned (global), not a fraction of each "
-                "layer." + _cause_line(cause))
+                "layer." + cause_line(cause))
 
 
 @pytest.mark.exercise("magnitude_prune")
@@ -464,14 +458,14 @@ def test_prune_exact_count_with_ties(impl, seed, sparsity, bfloat16):
     cause = _prune_cause(make, sparsity, masks) if got_k != k else None
     assert got_k == k, (
         f"Called {call}.\nIt pruned {got_k} of {total} weights; expected exactly round({sparsity} * {total}) = {k}, "
-        "however many magnitudes tie (Python's round sends a half to the even number)." + _cause_line(cause))
+        "however many magnitudes tie (Python's round sends a half to the even number)." + cause_line(cause))
     pruned = torch.cat([old[n][~m].abs().double() for n, m in masks.items()])
     kept = torch.cat([old[n][m].abs().double() for n, m in masks.items()])
     if pruned.numel() and kept.numel():
         assert float(pruned.max()) <= float(kept.min()), (
             f"Called {call}. It pruned a weight of magnitude {float(pruned.max())} but kept one of "
             f"{float(kept.min())}: the smallest magnitudes go first."
-            + _cause_line(_prune_cause(make, sparsity, masks)))
+            + cause_line(_prune_cause(make, sparsity, masks)))
 
 
 @pytest.mark.exercise("magnitude_prune")
@@ -511,7 +505,7 @@ def test_prune_tied_weight_counted_once(impl):
     assert _count_false(masks) == round(0.6 * total), (
         f"Called {call}. It pruned {_count_false(masks)} weights; expected round(0.6 * {total}) = "
         f"{round(0.6 * total)}: the tied tensor counts once."
-        + _cause_line(_prune_cause(lambda: TinyLM(4), 0.6, masks)))
+        + cause_line(_prune_cause(lambda: TinyLM(4), 0.6, masks)))
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> dict:

@@ -41,7 +41,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.numerics import assert_close, describe, error_report, format_call, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, format_call, likely_cause
 from checks.torch_strategies import generator, randn, seeded, seeds
 
 pytestmark = pytest.mark.kata("m09_interpretability")
@@ -49,12 +49,6 @@ pytestmark = pytest.mark.kata("m09_interpretability")
 KATA = "m09_interpretability"
 DT = torch.float64
 TIGHT = {"rtol": 1e-9, "atol": 1e-10}
-
-
-def _cause_line(cause) -> str:
-    """The "Likely cause" line; ``cause`` is a string, None, or a function that finds one (only on a failure)."""
-    cause = cause() if callable(cause) else cause
-    return f"\nLikely cause: {cause}" if cause else ""
 
 
 def _snapshot(t: torch.Tensor) -> dict:
@@ -78,21 +72,13 @@ def _assert_untouched(call: str, name: str, before: dict, after: torch.Tensor, c
     assert not problems, (
         f"Called {call}. It changed its argument `{name}`: {'; '.join(problems)}.\nBecause the caller still needs "
         "its inputs as they were: work on detached copies (x.detach()), never x.requires_grad_() or x += ... on "
-        f"the caller's tensor, and get gradients with torch.autograd.grad, which fills no .grad.{_cause_line(cause)}"
+        f"the caller's tensor, and get gradients with torch.autograd.grad, which fills no .grad.{cause_line(cause)}"
     )
 
 
 def _names(message: str, *spellings) -> bool:
     """Does ``message`` contain one of ``spellings`` (strings, or compiled patterns)?"""
     return any(s.search(message) if isinstance(s, re.Pattern) else s in message for s in spellings)
-
-
-@pytest.fixture(autouse=True)
-def _grad_mode_restored():
-    """Grad mode as it was before each check, even after code that switched it off and never back."""
-    was = torch.is_grad_enabled()
-    yield
-    torch.set_grad_enabled(was)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +276,7 @@ def test_ig_completeness_error_shrinks_with_steps(impl, seed, B, waves):
             f"f(x) - f(baseline) is {describe(change)}: off by {describe(error)}, above the bound "
             f"{describe(bound)} that the midpoint rule guarantees.\nBecause completeness: with g(a) = f(baseline "
             "+ a (x - baseline)) the midpoint rule's error is at most max|g'''| / (24 steps**2)."
-            f"{_cause_line(_ig_cause(f, x, baseline, steps, result))}"
+            f"{cause_line(_ig_cause(f, x, baseline, steps, result))}"
         )
     for steps in (8, 16, 32):
         ratio = errors[2 * steps] / errors[steps]
@@ -300,7 +286,7 @@ def test_ig_completeness_error_shrinks_with_steps(impl, seed, B, waves):
             f"{describe(errors[2 * steps])}: doubling steps divided them only by {describe(1 / ratio)}.\nBecause "
             "the midpoint rule's error falls like 1 / steps**2 (about 4 times smaller per doubling); a left or "
             "right Riemann sum only halves it."
-            f"{_cause_line(_ig_cause(f, x, baseline, 2 * steps, _call_ig(impl, f, x, baseline, 2 * steps)[1]))}"
+            f"{cause_line(_ig_cause(f, x, baseline, 2 * steps, _call_ig(impl, f, x, baseline, 2 * steps)[1]))}"
         )
 
 

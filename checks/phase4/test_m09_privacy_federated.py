@@ -37,7 +37,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.numerics import assert_close, describe, error_report, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, likely_cause
 from checks.torch_strategies import generator, randn, refill_, seeded, seeds
 
 pytestmark = pytest.mark.kata("m09_privacy_federated")
@@ -45,12 +45,6 @@ pytestmark = pytest.mark.kata("m09_privacy_federated")
 KATA = "m09_privacy_federated"
 DT = torch.float64
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}  # float64 against the checks' own float64 computation
-
-
-def _cause_line(cause) -> str:
-    """The "Likely cause" line; ``cause`` is a string, None, or a function that finds one (only on a failure)."""
-    cause = cause() if callable(cause) else cause
-    return f"\nLikely cause: {cause}" if cause else ""
 
 
 def _dict_problem(actual, expected: dict, rtol: float, atol: float) -> str | None:
@@ -156,7 +150,7 @@ def _assert_fedavg(result, states, weights, because: str, tolerance=None) -> Non
     if problem:
         raise AssertionError(
             f"Called {_fedavg_call(states, weights)}.\nReturned a result that differs: {problem}.\nBecause {because}"
-            + _cause_line(_fedavg_cause(states, weights, result))
+            + cause_line(_fedavg_cause(states, weights, result))
         )
 
 
@@ -210,7 +204,7 @@ def test_fedavg_known_values_and_weight_forms(impl):
         assert problem is None, (
             f"Called {_fedavg_call([a, b], weights)}.\nReturned a result that differs: {problem}.\nBecause the weights "
             "are normalised (divided by their sum), so 1:3 gives 0.25 * [0, 4] + 0.75 * [8, 0] = [6, 1], and the "
-            "integer 'steps' is taken from the first client." + _cause_line(_fedavg_cause([a, b], weights, result))
+            "integer 'steps' is taken from the first client." + cause_line(_fedavg_cause([a, b], weights, result))
         )
     result = _call_fedavg(impl, [a, b], None)
     _assert_fedavg(result, [a, b], None, "weights=None (the default) weighs every client the same: [4, 2].")
@@ -255,7 +249,7 @@ def test_fedavg_of_one_sgd_step_equals_centralised_sgd(impl, seed, sizes):
         f"mean cross-entropy of their own data; then called fedavg(states, weights={sizes}).\nIts result differs from "
         f"one SGD step on all {sum(sizes)} examples together: {problem}.\nBecause the mean gradient of the union is "
         "the size-weighted mean of the clients' mean gradients, so the size-weighted average of the new weights is "
-        "exactly the centralised step." + _cause_line(_fedavg_cause(states, list(sizes), result))
+        "exactly the centralised step." + cause_line(_fedavg_cause(states, list(sizes), result))
     )
     model = copy.deepcopy(start)
     model.load_state_dict(result)  # the result is a state dict a model accepts
@@ -281,12 +275,12 @@ def test_fedavg_integer_and_bool_entries_come_from_the_first_client(impl):
         f"Called fedavg(three BatchNorm state dicts with num_batches_tracked 3, 5 and 4, weights={weights}). "
         f"num_batches_tracked is {describe(counter)}; expected tensor(3) (int64), the FIRST client's value.\n"
         "Because a counter cannot be averaged (the mean 3.4 is not a number of batches): integer entries are "
-        "copied from client 0." + _cause_line(_fedavg_cause(states, weights, result))
+        "copied from client 0." + cause_line(_fedavg_cause(states, weights, result))
     )
     flag = result["flag"]
     assert flag.dtype == torch.bool and flag.tolist() == [True, False, False], (
         f"Called fedavg(...). The bool entry 'flag' is {describe(flag)}; expected client 0's [True, False, False]."
-        + _cause_line(_fedavg_cause(states, weights, result))
+        + cause_line(_fedavg_cause(states, weights, result))
     )
     _assert_fedavg(result, states, weights, "floating buffers (running_mean, running_var) are averaged like weights.")
 
@@ -313,7 +307,7 @@ def test_fedavg_keeps_the_dtype_and_rounds_once(impl, dtype):
             f"Called {call}.\nresult[{name!r}][{worst}] is {got[worst].item()!r}; the exact weighted mean is "
             f"{exact[worst].item()!r}, so it is {off[worst].item():.3g} off (allowed {allowed[worst].item():.3g}).\n"
             f"Because the sum must be accumulated in float32 or wider and rounded to {dtype} once at the end: a sum "
-            f"in {dtype} rounds after every client." + _cause_line(_fedavg_cause(states, weights, result))
+            f"in {dtype} rounds after every client." + cause_line(_fedavg_cause(states, weights, result))
         )
     meta = [{"w": torch.empty(3, 2, device="meta")}, {"w": torch.empty(3, 2, device="meta")}]
     result = _call_fedavg(impl, meta, [1, 2])
@@ -333,7 +327,7 @@ def test_fedavg_result_has_no_autograd_history(impl):
     assert not history, (
         f"Called fedavg([two dicts of nn.Parameters], weights=[1, 2]). The result's {history} require grad.\nBecause "
         "an average of weights is not part of a training graph: compute under torch.no_grad() so the result holds "
-        "plain tensors." + _cause_line(_fedavg_cause(states, [1, 2], result))
+        "plain tensors." + cause_line(_fedavg_cause(states, [1, 2], result))
     )
     _assert_fedavg(result, states, [1, 2], "each entry is the weighted mean of the clients' tensors.")
 
@@ -471,7 +465,7 @@ def _check_psg(impl, model, loss_fn, x, y, loss_name: str, tolerance=None) -> di
             f"Called {call}.\nReturned gradients that differ from a loop over the examples: {problem}.\nBecause the "
             f"result has one entry per parameter that requires grad ({list(expected)}, in named_parameters order), "
             "each (B, *param.shape), row i the gradient of loss_fn(model(x[i:i+1]), y[i:i+1]) alone."
-            + _cause_line(cause)
+            + cause_line(cause)
         )
     return result
 
@@ -615,7 +609,7 @@ def test_dp_sgd_without_noise_steps_with_the_mean_of_clipped_gradients(impl, see
         f"Called {call}.\nAfterwards the parameters' .grad differ from the mean of the clipped per-example gradients: "
         f"{problem}.\nBecause with noise_multiplier=0 the private gradient is exactly (1/B) sum_i g_i * min(1, C / "
         "||g_i||), ||g_i|| one norm over all trainable parameters of example i, and it REPLACES the old .grad."
-        + _cause_line(_dp_cause(before, F.cross_entropy, x, y, lr, max_grad_norm, 0.0, seed, actual))
+        + cause_line(_dp_cause(before, F.cross_entropy, x, y, lr, max_grad_norm, 0.0, seed, actual))
     )
     assert model[1].weight.grad is None and torch.equal(model[1].weight, before[1].weight), (
         f"Called {call}. The frozen parameter '1.weight' (requires_grad=False) or its .grad changed; leave it alone."
@@ -659,7 +653,7 @@ def test_dp_sgd_each_clipped_gradient_has_norm_at_most_c(impl, seed, max_grad_no
             f"clipping to C = {max_grad_norm} its norm is {norm:.6g}; expected min(norm, C) = "
             f"{min(raw_norm, max_grad_norm):.6g}.\nBecause clipping scales the WHOLE gradient (one flat vector over "
             "all parameters) by min(1, C / norm): every clipped gradient has norm <= C, and a short one is kept."
-            + _cause_line(_dp_cause(model, F.cross_entropy, xi, yi, 0.0, max_grad_norm, 0.0, seed, got))
+            + cause_line(_dp_cause(model, F.cross_entropy, xi, yi, 0.0, max_grad_norm, 0.0, seed, got))
         )
 
 
@@ -679,7 +673,7 @@ def test_dp_sgd_with_a_large_c_and_no_noise_is_plain_sgd(impl):
         f"Called {_dp_call(model, 'F.cross_entropy', x, y, _sgd_name(0.1), 1e6, 0.0, generator(1))}.\nThe .grad "
         f"differs from loss.backward() of the mean loss: {problem}.\nBecause when C exceeds every example's gradient "
         "norm and there is no noise, DP-SGD is plain SGD: the mean of the per-example gradients."
-        + _cause_line(_dp_cause(model, F.cross_entropy, x, y, 0.1, 1e6, 0.0, 1, actual))
+        + cause_line(_dp_cause(model, F.cross_entropy, x, y, 0.1, 1e6, 0.0, 1, actual))
     )
 
 
@@ -701,7 +695,7 @@ def test_dp_sgd_zero_gradient_stays_zero(impl):
         f"Called {_dp_call(model, 'squared error', x, y, _sgd_name(0.1), 0.5, 0.0, generator(2))} where example 1 "
         f"has a zero gradient.\nThe .grad is wrong: {problem}.\nBecause a zero gradient clips to 0: min(1, C / 0) is "
         "1, while g * C / ||g|| computes 0 / 0 = nan."
-        + _cause_line(_dp_cause(before, _squared_error, x, y, 0.1, 0.5, 0.0, 2, actual))
+        + cause_line(_dp_cause(before, _squared_error, x, y, 0.1, 0.5, 0.0, 2, actual))
     )
 
 
@@ -726,7 +720,7 @@ def _assert_standard_normal(z: torch.Tensor, call: str, because: str, cause) -> 
         raise AssertionError(
             f"Called {call}.\nThe noise, z = (.grad - mean of clipped gradients) * B / (noise_multiplier * C) over "
             f"{n} numbers, should be independent N(0, 1) draws, but {'; '.join(problems)}.\nBecause {because}"
-            + _cause_line(cause)
+            + cause_line(cause)
         )
 
 
@@ -752,7 +746,7 @@ def test_dp_sgd_noise_has_std_sigma_c_over_b(impl, noise_multiplier, max_grad_no
     cause = _dp_cause(before, F.cross_entropy, x, y, 0.1, max_grad_norm, noise_multiplier, seed, actual)
     assert not silent, (
         f"Called {call}. The noise on {silent} is the same number everywhere (or none at all); every one of the P "
-        "numbers of the gradient gets its own independent draw." + _cause_line(cause)
+        "numbers of the gradient gets its own independent draw." + cause_line(cause)
     )
     _assert_standard_normal(torch.cat([v.reshape(-1) for v in z.values()]), call,
                             "N(0, (sigma * C)^2) is added to the SUM of the clipped gradients, then the sum is divided "
@@ -782,7 +776,7 @@ def test_dp_sgd_noise_is_drawn_in_the_parameters_dtype(impl, dtype):
             f"Called {call}. Every noise value is a float32 number: the noise was drawn in float32 and then "
             "converted.\nBecause it is drawn in the parameter's dtype: torch.randn(..., dtype=p.dtype, "
             "device=p.device, generator=generator)."
-            + _cause_line(lambda: likely_cause(
+            + cause_line(lambda: likely_cause(
                 KATA, "dp_sgd_step",
                 lambda f: _noise_only(f, dtype), matches=lambda got: torch.equal(got.float().double(), got)))
         )
