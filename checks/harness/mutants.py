@@ -1,12 +1,13 @@
 """Mutation testing of the reference: the mechanical proof that the checks specify what they check.
 
-``kata mutants [KATA ...]`` (or ``nox -s mutants -- KATA ...``) runs mutmut on ``reference/<phase>/<kata>.py``
-with that kata's fast checks under ``--impl reference``: every small edit of the reference (``+`` for
-``-``, ``<`` for ``<=``, a changed constant ...) must make some check fail. A mutant that survives is
-either a gap in the checks, to be closed with a sharper check, or *equivalent*: no caller can tell it
-apart from the reference through the documented contract. Equivalent mutants are recorded, each with a
-one-line reason, in ``checks/mutants/<kata>.toml``, keyed by the function and the mutated source text
-(not by mutmut's running number), so a record survives unrelated edits.
+``kata mutants [KATA ...]`` (or ``nox -s mutants -- KATA ...``) runs mutmut on
+``reference/<phase>/<kata>.py`` with that kata's fast checks (and the slow ones marked ``mutation``) under
+``--impl reference``: every small edit of the reference (``+`` for ``-``, ``<`` for ``<=``, a changed
+constant ...) must make some check fail. A mutant that survives is either a gap in the checks, to be closed
+with a sharper check, or *equivalent*: no caller can tell it apart from the reference through the documented
+contract. Equivalent mutants are recorded, each with a one-line reason, in ``checks/mutants/<kata>.toml``,
+keyed by the function and the mutated source text (not by mutmut's running number), so a record survives
+unrelated edits.
 
 Each full run also records a fingerprint of the kata's reference and checks. ``kata mutants --check``
 (run by CI) fails when a kata's record is missing, stale (its reference or checks changed since) or
@@ -207,6 +208,10 @@ def exclude_raise_statements(source: str) -> str:
     return result
 
 
+# The fast checks, and the slow ones marked `mutation` (the only checks that observe a training recipe).
+MARKERS = "(not slow or mutation) and not perf and not gpu"
+
+
 def _mutmut_config(kata: Kata) -> str:
     reference = paths.module_file(Path("reference"), kata.phase, kata.id).as_posix()
     checks = Path("checks", kata.phase, f"test_{kata.id}.py").as_posix()
@@ -214,7 +219,7 @@ def _mutmut_config(kata: Kata) -> str:
 [tool.mutmut]
 source_paths = ["{reference}"]
 also_copy = ["reference", "katas", "checks"]
-pytest_add_cli_args = ["--impl", "reference", "-m", "not slow and not perf and not gpu", "-p", "no:cacheprovider"]
+pytest_add_cli_args = ["--impl", "reference", "-m", "{MARKERS}", "-p", "no:cacheprovider"]
 pytest_add_cli_args_test_selection = ["{checks}"]
 use_git_change_detection = false
 
@@ -318,7 +323,9 @@ def run_kata(kata: Kata, *, max_children: int | None, survivors_only: bool) -> K
         names = [m.name for m in collect(kata, work) if m.status not in KILLED]
         if not names:
             return triage(kata.id, collect(kata, work), 0.0)
+    # One torch thread per mutmut child: the children already run side by side on the cores.
     env = {**os.environ, "KATA_PROFILE": "verify", "PYTHONHASHSEED": "0", "MUTANT_UNDER_TEST": ""}
+    env["OMP_NUM_THREADS"] = "1"
     env.pop("PYTEST_ADDOPTS", None)
     command = [sys.executable, "-m", "mutmut", "run", *names]
     if max_children:

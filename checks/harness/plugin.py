@@ -46,6 +46,8 @@ MARKERS = {
     "gpu": "needs CUDA; skipped with a reason otherwise",
     "perf": "pytest-benchmark performance check; runs only when selected with -m perf",
     "slow": "training loops and challenges; still part of kata verify",
+    "mutation": "a slow check that mutation testing runs too: the only check that sees part of the reference "
+    "(a training recipe is judged by the loss it reaches)",
     "hub": "needs a real pre-trained model from the Hugging Face cache (or KATA_ALLOW_DOWNLOAD=1); skipped otherwise",
     "harness": "a test of the harness itself, not of a kata",
 }
