@@ -39,6 +39,7 @@ SETUP_GRACE = 60.0
 EXERCISE = pytest.StashKey[registry.Exercise]()
 RESULT = pytest.StashKey[dict]()
 STATE = pytest.StashKey["RunState"]()
+BENCH_LINES = pytest.StashKey[list[str]]()
 
 MARKERS = {
     "kata(id)": "the kata a check file belongs to (set once per file with pytestmark)",
@@ -287,6 +288,28 @@ def reference(request: pytest.FixtureRequest):
     state = _state(request.config)
     kata = state.registry.kata(request.node.get_closest_marker("kata").args[0])
     return load_kata_module(REFERENCE, kata)
+
+
+@pytest.fixture
+def bench_report(request: pytest.FixtureRequest):
+    """``bench_report(line)`` adds a benchmark's result (what it compared, the ratio) to the summary at the end of
+    the run, and to ``.kata/bench/summary.txt``: ``nox -s bench`` ends with every ratio in one place."""
+    lines = request.config.stash.setdefault(BENCH_LINES, [])
+    exercise = request.node.stash.get(EXERCISE, None)
+    label = exercise.id if exercise is not None else request.node.name
+    return lambda line: lines.append(f"{label}: {line}")
+
+
+def _print_bench_lines(terminalreporter, config: pytest.Config) -> None:
+    lines = config.stash.get(BENCH_LINES, [])
+    if not lines:
+        return
+    terminalreporter.section("benchmark results")
+    for line in lines:
+        terminalreporter.write_line(line)
+    folder = paths.STATE_DIR / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -563,7 +586,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             state.progress_update = progress.record_run(paths.progress_file(), state.registry, complete)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table: the run ends with the ratios and the kata summary
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    _print_bench_lines(terminalreporter, config)
     state = _state(config)
     if state.verify:
         from .verify import print_summary

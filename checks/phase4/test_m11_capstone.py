@@ -873,7 +873,7 @@ class _Clock:
 @pytest.mark.perf
 @pytest.mark.exercise("train_capstone")
 @pytest.mark.timeout(1800)
-def test_capstone_is_three_times_faster_than_the_nanogpt_recipe(impl, reference, benchmark):
+def test_capstone_is_three_times_faster_than_the_nanogpt_recipe(impl, reference, benchmark, bench_report):
     """The recipe and train_capstone side by side, one torch thread, CPU seconds of training
     (``time.process_time``), the same measurement over the whole validation split; writes both curves to a PNG."""
     train, val, vocab = _shakespeare()
@@ -905,6 +905,9 @@ def test_capstone_is_three_times_faster_than_the_nanogpt_recipe(impl, reference,
           f"  train_capstone: val {loss:.4f} in {seconds:.1f} s ({CHALLENGE_BUDGET:,} tokens)\n"
           f"  ratio {ratio:.3f} of the recipe's CPU time (required <= 1/3, and val <= {CHALLENGE_TARGET})\n"
           f"  curves: {path}")
+    bench_report(f"{ratio:.3f} of nanoGPT's CPU recipe's CPU time (target <= 1/3): val {loss:.4f} in {seconds:.1f} s "
+                 f"vs the recipe's val {recipe_loss:.4f} in {recipe_seconds:.1f} s (target val <= {CHALLENGE_TARGET}); "
+                 f"curves in {path}")
     assert loss <= CHALLENGE_TARGET, (
         f"train_capstone reached a validation loss of {loss:.4f}; the challenge is <= {CHALLENGE_TARGET}."
     )

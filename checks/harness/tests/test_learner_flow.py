@@ -196,3 +196,21 @@ def test_every_check_starts_with_grad_mode_on(project):
     run = project.pytest("checks/phase1/test_w01_numpy.py", "-k", "test_a_answer or test_b_the_next", "--impl",
                          "reference")
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout[-2000:]
+
+
+BENCHMARK = '''
+
+@pytest.mark.perf
+@pytest.mark.exercise("softmax")
+def test_a_benchmark_that_reports(impl, bench_report):
+    bench_report("softmax: 3.0x faster than a loop (target >= 2x)")
+'''
+
+
+def test_a_benchmark_run_ends_with_every_reported_ratio(project):
+    project.write("checks/phase1/test_w01_numpy.py", project.read("checks/phase1/test_w01_numpy.py") + BENCHMARK)
+    run = project.pytest("checks/phase1/test_w01_numpy.py", "-m", "perf", "-k", "reports", "--impl", "reference")
+    assert run.returncode == 0, run.stdout[-2000:]
+    line = "w01_numpy.softmax: softmax: 3.0x faster than a loop (target >= 2x)"
+    assert line in run.stdout.split("benchmark results")[1]
+    assert project.read(".kata/bench/summary.txt") == line + "\n"
