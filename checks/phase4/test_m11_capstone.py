@@ -940,3 +940,88 @@ def _plot(recipe_curve, our_curve, recipe_seconds, our_seconds):
     path = folder / "m11_capstone.png"
     figure.savefig(path, dpi=100)
     return path
+
+
+# --- on a GPU: what the CPU cannot show ------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.exercise("validation_loss")
+def test_validation_loss_on_cuda_with_cpu_data(impl):
+    """A model on the GPU and token ids on the CPU: the windows AND their targets must move to the model."""
+    model = _Scorer(5, 6, 8)
+    data = torch.randint(5, (40,), generator=generator(8))
+    expected = _expected_loss(model, data, 6)
+    actual = impl.validation_loss(model.to("cuda"), data, 6, batch_size=2)
+    assert_close(actual, expected, call="validation_loss(<float64 model on cuda>, 40 CPU tokens, 6, batch_size=2)",
+                 rtol=1e-9, atol=1e-9, because="the device must not change the score.")
+
+
+# Dense bf16 peak of the GPUs that the MFU figure knows (tensor cores, no sparsity), in FLOP/s.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
+GPU_CONFIG = {"embed_dim": 384, "num_heads": 6, "num_layers": 6, "ff_dim": 1536, "max_len": 256}  # nanoGPT's GPU run
+GPU_BATCH, GPU_STEPS, GPU_WARMUP = 64, 40, 10
+
+
+@pytest.mark.gpu
+@pytest.mark.exercise("train_capstone")
+@pytest.mark.timeout(900)
+def test_minigpt_trains_with_bf16_autocast_and_torch_compile_on_cuda(impl, bench_report):
+    """The GPU variant of the challenge: your MiniGPT (the one train_capstone builds on) at nanoGPT's GPU size for
+    Tiny Shakespeare, compiled with torch.compile, its forward pass under bf16 autocast. The loss must fall, the
+    compiled bf16 model must agree with the eager float32 one, and the run reports tokens per second and MFU (the
+    model FLOPs per second as a fraction of the GPU's bf16 peak)."""
+    try:
+        train, _, vocab = _shakespeare()
+    except pytest.skip.Exception:
+        train, _ = _cycle(65, 200_000, 9)
+        vocab = 65
+    T = GPU_CONFIG["max_len"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = impl.MiniGPT(vocab, GPU_CONFIG["embed_dim"], GPU_CONFIG["num_heads"], GPU_CONFIG["num_layers"],
+                             GPU_CONFIG["ff_dim"], T, dropout=0.0).to("cuda")
+    batches = _Batches(train, T, 10**12, seed=3)
+    x0, y0 = (t.to("cuda") for t in batches(8))
+    with torch.no_grad():
+        eager = F.cross_entropy(model(x0).float().flatten(0, 1), y0.flatten()).item()
+    compiled = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), fused=True)
+
+    def loss_of(x, y):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = compiled(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    with torch.no_grad():
+        first = loss_of(x0, y0).item()
+    assert abs(first - eager) < 0.05, (
+        f"Before training, the compiled MiniGPT under bf16 autocast gives a loss of {first:.4f} on a batch where the "
+        f"eager float32 model gives {eager:.4f}: a difference of bf16 rounding (< 0.05) is expected, not more."
+    )
+    losses, start = [], None
+    for step in range(GPU_STEPS):
+        if step == GPU_WARMUP:  # compiling and autotuning happen in the first steps: time the ones after
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        x, y = (t.to("cuda", non_blocking=True) for t in batches(GPU_BATCH))
+        loss = loss_of(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    losses = [v.item() for v in losses]
+    tokens_per_s = (GPU_STEPS - GPU_WARMUP) * GPU_BATCH * T / seconds
+    params = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * params + 12 * GPU_CONFIG["num_layers"] * GPU_CONFIG["embed_dim"] * T  # nanoGPT's count
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    mfu = f"MFU {flops_per_token * tokens_per_s / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "MFU unknown"
+    bench_report(f"GPU variant on {name}: MiniGPT {params / 1e6:.1f}M parameters, bf16 autocast + torch.compile, "
+                 f"{tokens_per_s:,.0f} tokens/s, {mfu}; loss {losses[0]:.3f} -> {losses[-1]:.3f} in {GPU_STEPS} steps")
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.5, (
+        f"{GPU_STEPS} AdamW steps of the compiled bf16 MiniGPT took the loss from {losses[0]:.3f} to {losses[-1]:.3f}; "
+        "expected finite losses that fall by more than 0.5 (the first steps learn the character frequencies)."
+    )

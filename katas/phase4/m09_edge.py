@@ -102,7 +102,9 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, Tensor]:
     (``param.register_hook(lambda grad: grad * mask)``) that zeroes the gradient of its pruned entries, so that
     training does not bring them back: after ``loss.backward()`` their gradient is exactly 0, and a step of an
     optimizer created after pruning (SGD with or without momentum, Adam, AdamW with weight decay) leaves them
-    at exactly 0. The other entries get their usual gradient.
+    at exactly 0. The other entries get their usual gradient. A frozen weight (``requires_grad`` False, as in
+    a model made ready for inference) is counted and pruned like the others but gets no hook: no gradient
+    reaches it, and torch refuses a hook on a tensor that does not require grad.
 
     Returns ``{name: mask}`` for every pruned weight, in the order of ``model.named_parameters()``: a bool
     tensor of the weight's shape and device, True where the weight is kept, False where it was pruned (the
@@ -152,10 +154,11 @@ def distillation_loss(
       this is the plain KL divergence. It equals ``F.kl_div(log p_s, log p_t, log_target=True,
       reduction="batchmean") * T**2`` on logits reshaped to (N, V): without the reshape, "batchmean" would
       divide a (B, T, V) input by B only, and a (V,) input by V.
-    - without ``labels`` (the default) the loss is ``soft``. With ``labels`` (class indices, integer, of the
-      logits' shape without the last dimension) it is ``alpha * soft + (1 - alpha) * hard``, where ``hard`` is
-      ``F.cross_entropy`` of the student's plain logits (temperature 1: the real task) against ``labels``,
-      averaged over rows (a label of -100 is skipped, as ``F.cross_entropy`` does). ``alpha`` defaults to 0.5.
+    - without ``labels`` (the default) the loss is ``soft``. With ``labels`` (class indices of dtype
+      ``torch.long``, as ``F.cross_entropy`` wants, of the logits' shape without the last dimension) it is
+      ``alpha * soft + (1 - alpha) * hard``, where ``hard`` is ``F.cross_entropy`` of the student's plain
+      logits (temperature 1: the real task) against ``labels``, averaged over rows (a label of -100 is
+      skipped, as ``F.cross_entropy`` does). ``alpha`` defaults to 0.5.
 
     The teacher is a fixed target: no gradient may reach ``teacher_logits``, even when it requires grad
     (detach it). The loss must be finite for any finite logits, even +-1e4 in some rows: work with

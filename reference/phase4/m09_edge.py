@@ -117,8 +117,10 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, Tensor]:
         start += p.numel()
         with torch.no_grad():
             p.mul_(mask)  # in place: the same Parameter objects, so an existing optimizer still sees them
-        # a pruned weight gets a zero gradient, so SGD and Adam(W) never move it away from 0
-        p.register_hook(lambda grad, mask=mask: grad * mask)
+        # a pruned weight gets a zero gradient, so SGD and Adam(W) never move it away from 0; a frozen weight
+        # (requires_grad False) gets no gradient at all, and torch refuses a hook on it
+        if p.requires_grad:
+            p.register_hook(lambda grad, mask=mask: grad * mask)
         masks[name] = mask
     return masks
 
