@@ -26,8 +26,10 @@ from reference.phase4.m09_edge import dequantize_int4_grouped, distillation_loss
 
 def _validate_int4(w, group_size):
     """The reference's input checks, so that each mistake is caught by the check aimed at it."""
-    if not w.is_floating_point() or w.ndim == 0 or not torch.isfinite(w).all():
+    if not w.is_floating_point() or w.ndim == 0:
         raise ValueError(f"bad w: dtype {w.dtype}, shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("w contains nan or inf")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or group_size % 2 or (
             w.shape[-1] % group_size):
         raise ValueError(f"bad group_size {group_size!r} for a last dimension of {w.shape[-1]}")
@@ -163,6 +165,34 @@ def dequantize_always_float32(packed, scale):
 @mutant("dequantize_int4_grouped", "an int8 packed tensor is accepted: its high nibbles come out sign-extended",
         replace={"if packed.dtype != torch.uint8:": "if packed.dtype not in (torch.uint8, torch.int8):"})
 def dequantize_accepts_int8(): ...
+
+
+@mistake("quantize_int4_grouped", "the error for nan or inf says only that w must be finite, without naming the "
+         "offending nan or inf")
+def int4_finite_message_unnamed(w, group_size=32):
+    if w.is_floating_point() and not torch.isfinite(w).all():
+        raise ValueError("w must hold only finite values")
+    return quantize_int4_grouped(w, group_size)
+
+
+@mutant("dequantize_int4_grouped", "the leading dimensions are not compared: a scale of shape (1, G) broadcasts over "
+        "every row of bytes, and a scale with an extra dimension gives a result of another shape",
+        replace={"if packed.ndim == 0 or packed.shape[:-1] != scale.shape[:-1]:": "if packed.ndim == 0:"})
+def dequantize_broadcasts_scale(): ...
+
+
+@variant("quantize_int4_grouped", "groups by unflatten, uint8 wrap-around for the offset (q cast to uint8 first, "
+         "then + 8), ties rounded up (floor(x + 0.5)), and the two nibbles joined by bitwise_or")
+def int4_wraparound(w, group_size=32):
+    _validate_int4(w, group_size)
+    n = w.shape[-1]
+    g = w.unflatten(-1, (n // group_size, group_size))
+    top = g.abs().amax(dim=-1, keepdim=True) if n else g.new_zeros(*g.shape[:-1], 1)
+    scale = torch.where(top == 0, torch.ones_like(top), top / 7)
+    x = g.to(torch.promote_types(w.dtype, torch.float32)) / scale
+    q = torch.floor(x + 0.5).clamp(-7, 7).to(torch.int16).to(torch.uint8) + 8  # -7 wraps to 249, + 8 gives 1
+    q = q.flatten(-2)
+    return torch.bitwise_or(q[..., ::2], torch.bitwise_left_shift(q[..., 1::2], 4)), scale[..., 0]
 
 
 @variant("quantize_int4_grouped", "one group at a time in a Python loop over a (rows, n) view, rounding half away "
@@ -367,6 +397,29 @@ def prune_module_names(model, sparsity):
     return renamed
 
 
+@mutant("magnitude_prune", "k = floor(sparsity * N + 0.5) rounds a tie up: 0.75 * 6 = 4.5 prunes 5, where Python's "
+        "round (and torch.nn.utils.prune) gives the even 4",
+        replace={"k = round(sparsity * total)": "k = math.floor(sparsity * total + 0.5)"})
+def prune_round_half_up(): ...
+
+
+@mutant("magnitude_prune", "type(m) is nn.Linear misses subclasses of nn.Linear, such as the out_proj of "
+        "nn.MultiheadAttention",
+        replace={"if isinstance(m, nn.Linear)}": "if type(m) is nn.Linear}"})
+def prune_exact_linear_type(): ...
+
+
+@mutant("magnitude_prune", "a hook is registered on a frozen weight too: torch raises a RuntimeError for a tensor that "
+        "does not require grad",
+        replace={"if p.requires_grad:": "if True:"})
+def prune_hook_on_frozen(): ...
+
+
+@mutant("magnitude_prune", "frozen weights (requires_grad False) are left out: they are neither counted nor pruned",
+        replace={"if isinstance(m, nn.Linear)}": "if isinstance(m, nn.Linear) and m.weight.requires_grad}"})
+def prune_skips_frozen(): ...
+
+
 @mutant("magnitude_prune", "sparsity 0 is rejected: it is a valid request to prune nothing",
         replace={"not 0 <= sparsity <= 1": "not 0 < sparsity <= 1"})
 def prune_rejects_zero(): ...
@@ -398,7 +451,37 @@ def prune_argsort(model, sparsity):
         offset += size
         with torch.no_grad():
             p.copy_(torch.where(keep, p, torch.zeros_like(p)))
-        p.register_hook(lambda grad, keep=keep: torch.where(keep, grad, torch.zeros_like(grad)))
+        if p.requires_grad:
+            p.register_hook(lambda grad, keep=keep: torch.where(keep, grad, torch.zeros_like(grad)))
+        masks[name] = keep
+    return masks
+
+
+@variant("magnitude_prune", "a threshold from torch.kthvalue, everything below it pruned, then the first of the ties "
+         "at the threshold (by a cumulative count) until exactly k; the hook uses masked_fill")
+def prune_kthvalue(model, sparsity):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity <= 1:
+        raise ValueError(f"sparsity {sparsity!r} is not in [0, 1]")
+    weights = _linear_weights(model)
+    if not weights:
+        return {}
+    flat = torch.cat([p.detach().reshape(-1).abs().double() for p in weights.values()])
+    k = round(sparsity * flat.numel())
+    if k == 0:
+        pruned = torch.zeros_like(flat, dtype=torch.bool)
+    else:
+        threshold = torch.kthvalue(flat, k).values
+        below = flat < threshold
+        ties = flat == threshold
+        pruned = below | ties & (torch.cumsum(ties.long(), 0) <= k - below.sum())
+    masks = {}
+    for (name, p), keep in zip(weights.items(), torch.split(~pruned, [p.numel() for p in weights.values()]),
+                               strict=True):
+        keep = keep.view(p.shape)
+        with torch.no_grad():
+            p.masked_fill_(~keep, 0)
+        if p.requires_grad:
+            p.register_hook(lambda grad, keep=keep: grad.masked_fill(~keep, 0))
         masks[name] = keep
     return masks
 
@@ -506,6 +589,29 @@ def distill_default_temperature_1(student_logits, teacher_logits, temperature=1.
 @mistake("distillation_loss", "alpha defaults to 0.9 instead of the documented 0.5")
 def distill_default_alpha(student_logits, teacher_logits, temperature=2.0, labels=None, alpha=0.9):
     return distillation_loss(student_logits, teacher_logits, temperature, labels, alpha)
+
+
+@mutant("distillation_loss", "isinstance(temperature, float) refuses an int temperature such as 2",
+        replace={"if not _is_real(temperature) or": "if not isinstance(temperature, float) or"})
+def distill_float_temperature_only(): ...
+
+
+@mutant("distillation_loss", "labels are checked by their number only: flattened labels (B * T,) for (B, T, V) logits "
+        "are accepted instead of refused",
+        replace={"if labels.shape != student_logits.shape[:-1]:": "if labels.numel() != student_logits.numel() // V:"})
+def distill_labels_count_only(): ...
+
+
+@variant("distillation_loss", "computes in float64 and casts the loss back to the logits' dtype; the teacher's "
+         "log-probabilities are computed under torch.no_grad() instead of from a detached tensor")
+def distill_float64_inside(student_logits, teacher_logits, temperature=2.0, labels=None, alpha=0.5):
+    _validate_distillation(student_logits, teacher_logits, temperature, alpha)
+    V = student_logits.shape[-1]
+    s = torch.log_softmax(student_logits.double().reshape(-1, V) / temperature, dim=-1)
+    with torch.no_grad():
+        t = torch.log_softmax(teacher_logits.double().reshape(-1, V) / temperature, dim=-1)
+    soft = F.kl_div(s, t, log_target=True, reduction="sum") / s.shape[0] * temperature**2
+    return _mix(soft, student_logits.double(), labels, alpha).to(student_logits.dtype)
 
 
 @variant("distillation_loss", "written out by hand: sum p_t (log p_t - log p_s) per row, mean over rows, and the "

@@ -10,19 +10,22 @@ and every random value comes from a drawn seed (``checks.torch_strategies``): no
 Checklist notes (CONTRACTS.md items that do not apply, and why):
 - Randomness (8): no exercise draws random numbers.
 - Devices (3): without CUDA, devices are checked on the ``meta`` device where the work is shape-level:
-  ``dequantize_int4_grouped`` and ``distillation_loss``. ``quantize_int4_grouped`` must reject nan/inf and
-  ``magnitude_prune`` ranks values, so both need values, which meta tensors lack; both must create their
-  outputs where the input lives, which the dtype/device assertions observe on the CPU only.
+  ``dequantize_int4_grouped`` and ``distillation_loss``, and the masks of ``magnitude_prune`` on a meta model.
+  ``quantize_int4_grouped`` must reject nan/inf, so it needs values, which meta tensors lack: its outputs'
+  device is observed on the CPU only.
 - Structure of modules (7): no exercise builds a module. ``magnitude_prune`` must keep the model's
   structure: the same Parameter objects, dtypes, ``requires_grad``, untouched biases/LayerNorm/embedding,
-  and a tied weight pruned once; all checked.
+  and a tied weight pruned once; all checked. Which layers count: a subclass of ``nn.Linear`` (the out_proj
+  of ``nn.MultiheadAttention``, whose ``in_proj_weight`` is no Linear's weight) and a frozen weight
+  (``requires_grad`` False, pruned but given no hook, which torch would refuse).
 - Inputs not modified (1): ``magnitude_prune`` modifies the model by design; the checks pin exactly which
   entries change. The other exercises' tensor inputs are compared with pristine copies.
 - State over time (6): ``magnitude_prune`` is called twice on one model (larger, then smaller sparsity) and
   the model is trained for several optimizer steps after each call.
 - Sizes (2): int4 rows with n = 0, leading sizes 0, 1 and several leading dimensions; pruning at sparsity 0
-  and 1 and a model without ``nn.Linear``; distillation with no leading dimension (V,), with V = 1, and
-  with 1 or 2 leading dimensions. Empty logits are a documented ``ValueError``.
+  and 1, at a tie of Python's round (0.75 * 6 = 4.5 prunes 4), and a model without ``nn.Linear``;
+  distillation with no leading dimension (V,), with V = 1, and with 1 or 2 leading dimensions. Empty logits
+  are a documented ``ValueError``.
 """
 
 from __future__ import annotations
@@ -270,8 +273,8 @@ def test_dequantize_on_the_meta_device(impl):
 BAD_QUANTIZE = [
     ("int64 w", lambda: (torch.tensor([[1, 2]]), 2), "int64"),
     ("0-dim w", lambda: (torch.tensor(2.0), 2), None),
-    ("nan", lambda: (torch.tensor([[1.0, math.nan]]), 2), None),
-    ("inf", lambda: (torch.tensor([[-math.inf, 1.0]]), 2), None),
+    ("nan", lambda: (torch.tensor([[1.0, math.nan]]), 2), "nan"),
+    ("inf", lambda: (torch.tensor([[-math.inf, 1.0]]), 2), "inf"),
     ("group_size=3", lambda: (torch.zeros(2, 6), 3), "3"),
     ("group_size=0", lambda: (torch.zeros(2, 4), 0), "0"),
     ("group_size=-2", lambda: (torch.zeros(2, 4), -2), "-2"),
@@ -296,6 +299,9 @@ BAD_DEQUANTIZE = [
     ("int8 packed", lambda: (torch.zeros(2, 2, dtype=torch.int8), torch.ones(2, 1)), "int8"),
     ("int64 scale", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(2, 1, dtype=torch.int64)), "int64"),
     ("leading dims differ", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(3, 1)), "(3, 1)"),
+    # these two would broadcast: one scale row for every row of bytes, or an extra leading dimension
+    ("one scale row for two rows", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(1, 1)), "(1, 1)"),
+    ("scale has an extra dim", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(2, 2, 1)), "(2, 2, 1)"),
     ("odd group size", lambda: (torch.zeros(2, 3, dtype=torch.uint8), torch.ones(2, 2)), "(2, 2)"),
     ("groups do not divide", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(2, 3)), "(2, 3)"),
     ("no groups for values", lambda: (torch.zeros(2, 2, dtype=torch.uint8), torch.ones(2, 0)), "(2, 0)"),
@@ -363,8 +369,8 @@ def _prune(impl, model: nn.Module, sparsity: float, call: str) -> dict:
     weights = _linear_weights(model)
     assert isinstance(masks, dict) and list(masks) == list(weights), (
         f"Called {call}. Returned {describe(masks) if not isinstance(masks, dict) else list(masks)}; expected a dict "
-        f"whose keys are {list(weights)}: every distinct nn.Linear weight once, named and ordered as "
-        "model.named_parameters() gives them.")
+        f"whose keys are {list(weights)}: every distinct nn.Linear weight once (a subclass of nn.Linear and a frozen "
+        "weight too), named and ordered as model.named_parameters() gives them.")
     for name, (p, old, dtype, grad) in before.items():
         now = dict(model.named_parameters())[name]
         assert now is p and now.dtype == dtype and now.requires_grad == grad, (
@@ -479,6 +485,17 @@ def test_prune_known_example_and_edges(impl):
     assert all(torch.equal(masks[k], v) for k, v in expected.items()), (
         f"Called magnitude_prune(the docstring's model, 0.5).\nReturned {masks},\nexpected {expected}.\nBecause k = "
         "round(0.5 * 6) = 3 and the three smallest |w| of both layers together are 0.1, 0.2 and 0.5.")
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False)).to(DT)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.1, -2.0], [3.0, 0.5]]))
+        model[2].weight.copy_(torch.tensor([[-0.2, 1.0]]))
+    call = "magnitude_prune(the docstring's model, 0.75)"
+    masks = _prune(impl, model, 0.75, call)
+    assert _count_false(masks) == 4, (
+        f"Called {call}.\nIt pruned {_count_false(masks)} of the 6 weights; expected round(0.75 * 6) = round(4.5) "
+        "= 4.\nBecause Python's round sends a tie to the even number (as torch.nn.utils.prune does), not up: "
+        "k = round(sparsity * N), not floor(sparsity * N + 0.5) or ceil."
+        + cause_line(_prune_cause(lambda: copy.deepcopy(model), 0.75, masks)))
     none = _mlp(1)
     masks = _prune(impl, none, 0.0, "magnitude_prune(model, 0.0)")
     assert all(bool(m.all()) for m in masks.values()), "magnitude_prune(model, 0.0) must prune nothing."
@@ -506,6 +523,69 @@ def test_prune_tied_weight_counted_once(impl):
         f"Called {call}. It pruned {_count_false(masks)} weights; expected round(0.6 * {total}) = "
         f"{round(0.6 * total)}: the tied tensor counts once."
         + cause_line(_prune_cause(lambda: TinyLM(4), 0.6, masks)))
+
+
+class AttentionBlock(nn.Module):
+    """nn.MultiheadAttention (its out_proj is a subclass of nn.Linear; in_proj_weight is no Linear's weight)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2)
+        self.fc = nn.Linear(4, 6)
+        gen = generator(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.exercise("magnitude_prune")
+def test_prune_linear_subclasses(impl):
+    import torch.nn.utils.prune as prune
+
+    model = AttentionBlock(14)
+    theirs = copy.deepcopy(model)
+    call = ("magnitude_prune(a model with nn.MultiheadAttention, whose out_proj is a subclass of nn.Linear, and an "
+            "nn.Linear fc, 0.5)")
+    masks = _prune(impl, model, 0.5, call)
+    prune.global_unstructured([(theirs.attn.out_proj, "weight"), (theirs.fc, "weight")],
+                              pruning_method=prune.L1Unstructured, amount=0.5)
+    expected = {"attn.out_proj.weight": theirs.attn.out_proj.weight_mask.bool(),
+                "fc.weight": theirs.fc.weight_mask.bool()}
+    assert all(torch.equal(masks[k], v) for k, v in expected.items()), (
+        f"Called {call}. The masks differ from torch.nn.utils.prune.global_unstructured over attn.out_proj.weight "
+        "and fc.weight: the 20 smallest |w| of their 40 go (a subclass of nn.Linear is an nn.Linear: use "
+        "isinstance, not type(m) is nn.Linear).")
+
+
+@pytest.mark.exercise("magnitude_prune")
+def test_prune_frozen_weight(impl):
+    import torch.nn.utils.prune as prune
+
+    model = _mlp(13)
+    model[3].weight.requires_grad_(False)  # the middle layer is frozen
+    theirs = copy.deepcopy(model)
+    call = "magnitude_prune(model whose layer 3 has weight.requires_grad False, 0.5)"
+    try:
+        masks = _prune(impl, model, 0.5, call)
+    except RuntimeError as err:
+        if isinstance(err, NotImplementedError):  # the stub (NotImplementedError is a RuntimeError)
+            raise
+        raise AssertionError(
+            f"Called {call}. It raised RuntimeError({str(err)!r}).\nBecause a frozen weight is pruned like the others "
+            "but gets no hook: torch refuses a hook on a tensor that does not require grad "
+            "(register it only when p.requires_grad).") from err
+    linears = [m for m in theirs if isinstance(m, nn.Linear)]
+    prune.global_unstructured([(m, "weight") for m in linears], pruning_method=prune.L1Unstructured, amount=0.5)
+    expected = {f"{i}.weight": m.weight_mask.bool() for i, m in enumerate(theirs) if isinstance(m, nn.Linear)}
+    assert all(torch.equal(masks[k], v) for k, v in expected.items()), (
+        f"Called {call}. The masks differ from torch.nn.utils.prune.global_unstructured(L1Unstructured, amount=0.5): "
+        "a frozen weight is counted and pruned like the others.")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    _train(model, torch.optim.SGD(trainable, lr=0.1), randn(generator(3), 9, 6), 2)
+    moved = {k: int((model.get_parameter(k).detach()[~m] != 0).sum()) for k, m in masks.items()}
+    assert not any(moved.values()), (
+        f"Called {call}, then trained the other parameters for 2 SGD steps. Pruned entries are no longer 0 (how many, "
+        f"per weight: {moved}); expected all 0: the trainable weights keep their gradient hooks.")
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, steps: int) -> dict:
@@ -540,6 +620,9 @@ def test_pruned_weights_stay_zero_while_training(impl, name):
     grads = _train(model, OPTIMIZERS[name](model.parameters()), x, 1)
     clean_grads = _train(clean, torch.optim.SGD(clean.parameters(), lr=0.0), x, 1)
     for key, mask in masks.items():
+        assert key in grads, (
+            f"Called {call}, then loss.backward(). {key} got no gradient at all; expected its usual gradient, with "
+            "0 at the pruned entries.")
         assert bool((grads[key][~mask] == 0).all()), (
             f"Called {call}, then loss.backward(). The gradient of pruned entries of {key} is "
             f"{describe(grads[key][~mask])}; expected exactly 0: register a hook on each pruned weight "
@@ -713,6 +796,15 @@ def test_distillation_known_values_and_defaults(impl):
                  cause=likely_cause(KATA, "distillation_loss",
                                     lambda f: f(s.clone(), t.clone(), temperature=1.0, labels=labels), got, **TIGHT),
                  because="alpha defaults to 0.5: 0.5 * KL + 0.5 * cross-entropy of the plain student logits.")
+    options = {"temperature": 2, "labels": labels, "alpha": 1}
+    call = format_call("distillation_loss", (s, t), options)
+    try:
+        got = impl.distillation_loss(s.clone(), t.clone(), **options)
+    except ValueError as err:
+        raise AssertionError(f"Called {call}. It raised ValueError({str(err)!r}); an int temperature and alpha are "
+                             "numbers too (only a bool is refused).") from err
+    assert_close(got, torch.tensor(4 * kl(2.0), dtype=DT), call=call, **TIGHT,
+                 because="temperature 2 and alpha 1 as ints mean what 2.0 and 1.0 mean: the soft term alone.")
     one = impl.distillation_loss(torch.tensor([2.0, -1.0, 0.5], dtype=DT), torch.tensor([0.0, 1.0, 3.0], dtype=DT), 1.5)
     expected = _oracle(torch.tensor([[2.0, -1.0, 0.5]]), torch.tensor([[0.0, 1.0, 3.0]]), 1.5)
     assert_close(one, expected, call="distillation_loss(tensor of shape (3,), tensor of shape (3,), 1.5)", **TIGHT,
@@ -782,6 +874,8 @@ BAD_DISTILLATION = [
     ("no classes", lambda: ((torch.zeros(2, 0), torch.zeros(2, 0)), {}), "(2, 0)"),
     ("labels shape", lambda: ((torch.zeros(2, 3), torch.zeros(2, 3)), {"labels": torch.zeros(3, dtype=torch.long)}),
      "(3,)"),
+    ("labels flattened", lambda: ((torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)),
+                                  {"labels": torch.zeros(6, dtype=torch.long)}), "(6,)"),
     ("temperature=0", lambda: ((torch.zeros(2, 3), torch.zeros(2, 3)), {"temperature": 0.0}), "0.0"),
     ("temperature=-1", lambda: ((torch.zeros(2, 3), torch.zeros(2, 3)), {"temperature": -1.0}), "-1.0"),
     ("temperature=inf", lambda: ((torch.zeros(2, 3), torch.zeros(2, 3)), {"temperature": math.inf}), "inf"),
