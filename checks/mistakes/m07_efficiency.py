@@ -422,6 +422,75 @@ def flash_two_passes(q, k, v, block_size=64, is_causal=False, scale=None, key_ma
     return torch.cat(out, dim=-2) if out else q.new_zeros((*lead, 0, Ev))
 
 
+@mutant("flash_attention", "`if not scale:` instead of `if scale is None:`: an explicit scale of 0 is replaced by "
+        "the default 1/sqrt(E)", replace={"    if scale is None:\n": "    if not scale:\n"})
+def flash_zero_scale_taken_as_default(): ...
+
+
+@mutant("flash_attention", "masks by multiplying p by the mask after the exp() instead of setting masked scores to "
+        "-inf before the running max: a masked key with a huge score sets the max, and every real key's exp() "
+        "underflows to 0", replace={
+            "                s = s.masked_fill(~allowed, -math.inf)": "                pass",
+            "            p = torch.exp(s - shift)  #":
+                "            p = torch.exp(s - shift) * (1.0 if allowed is None else allowed)  #",
+            "blocks.append(acc / denom.clamp_min(tiny))":
+                "blocks.append(acc / torch.where(denom == 0, torch.ones_like(denom), denom))"})
+def flash_masks_after_exp(): ...
+
+
+@mutant("flash_attention", "masks the raw scores and multiplies by scale afterwards: with a negative scale a "
+        "masked -inf becomes +inf, with scale 0 it becomes nan",
+        replace={"s = (q_tile @ k[..., j0:j1, :].transpose(-2, -1)) * scale":
+                 "s = q_tile @ k[..., j0:j1, :].transpose(-2, -1)",
+                 "            # The shift only keeps": "            s = s * scale\n            # The shift only keeps"})
+def flash_masks_before_scaling(): ...
+
+
+@mutant("flash_attention", "accepts a key_mask whose last dimension is 1 (torch broadcasts it over the keys) "
+        "instead of rejecting a mask that does not have one entry per key",
+        replace={"key_mask.shape[-1] != S:": "key_mask.shape[-1] not in (1, S):"})
+def flash_key_mask_of_one_entry(): ...
+
+
+@mutant("flash_attention", "the error for a bad block_size does not say which argument is wrong",
+        replace={'raise ValueError(f"block_size must be >= 1, got block_size={block_size}")':
+                 'raise ValueError(f"the tile size must be >= 1, got {block_size}")'})
+def flash_block_size_error_unnamed(): ...
+
+
+@variant("flash_attention", "Triton kernels' style: scores in base 2 (exp2 of s * log2(e)), and a running "
+         "log-sum-exp per row instead of the sum l, written with einsum")
+def flash_base2_logsumexp(q, k, v, block_size=64, is_causal=False, scale=None, key_mask=None):
+    _validate(q, k, v, block_size, key_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    L, S, Ev = q.shape[-2], k.shape[-2], v.shape[-1]
+    lead = _lead(q, k, v, key_mask)
+    log2e = 1.0 / math.log(2.0)
+    tiles = []
+    for i0 in range(0, L, block_size):
+        n = min(block_size, L - i0)
+        lse2 = q.new_full((*lead, n, 1), -math.inf)  # log2 of sum 2^s2 over the keys seen so far
+        out = q.new_zeros((*lead, n, Ev))  # kept normalised: sum 2^(s2 - lse2) v
+        for j0 in range(0, S, block_size):
+            j1 = min(j0 + block_size, S)
+            s2 = torch.einsum("...id,...jd->...ij", q[..., i0:i0 + n, :], k[..., j0:j1, :]) * (scale * log2e)
+            if is_causal:
+                s2 = s2.masked_fill(torch.arange(j0, j1, device=q.device) > torch.arange(
+                    i0, i0 + n, device=q.device)[:, None], -math.inf)
+            if key_mask is not None:
+                s2 = s2.masked_fill(~key_mask[..., None, j0:j1], -math.inf)
+            tile_max = s2.amax(dim=-1, keepdim=True).detach()
+            tile_max = torch.where(tile_max.isfinite(), tile_max, torch.zeros_like(tile_max))
+            p = torch.exp2(s2 - tile_max)
+            tile_lse2 = torch.log2(p.sum(dim=-1, keepdim=True)) + tile_max
+            new_lse2 = torch.logaddexp2(lse2, tile_lse2)
+            safe = torch.where(new_lse2.isfinite(), new_lse2, torch.zeros_like(new_lse2))
+            out = out * torch.exp2(lse2 - safe) + (p @ v[..., j0:j1, :]) * torch.exp2(tile_max - safe)
+            lse2 = new_lse2
+        tiles.append(out)
+    return torch.cat(tiles, dim=-2) if tiles else q.new_zeros((*lead, 0, Ev))
+
+
 # --------------------------------------------------------------------------------------------------
 # speculative_decode
 
@@ -594,6 +663,39 @@ def spec_cumsum_and_buffer(target, draft, idx, max_new_tokens, k=4):
     return out.clone(), accepted
 
 
+@mutant("speculative_decode", "k defaults to 5 instead of 4: without k, every round drafts one guess too many",
+        replace={"    k: int = 4,\n": "    k: int = 5,\n"})
+def spec_default_k_5(): ...
+
+
+@mutant("speculative_decode", "the error for k < 1 is a copy of the one for max_new_tokens: it names the wrong "
+        "argument", replace={'raise ValueError(f"k must be >= 1, got k={k}")':
+                             'raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")'})
+def spec_k_error_names_max_new_tokens(): ...
+
+
+@variant("speculative_decode", "the new tokens kept in a Python list of ints, the first mismatch found with "
+         "torch.nonzero, and the result built once at the end with torch.tensor(..., dtype=idx.dtype)")
+def spec_python_list(target, draft, idx, max_new_tokens, k=4):
+    _validate_spec(idx, max_new_tokens, k)
+    tokens, accepted = idx[0].tolist(), 0
+
+    def as_ids(values):
+        return torch.tensor([values], dtype=idx.dtype, device=idx.device)
+
+    with torch.no_grad():
+        while len(tokens) - idx.shape[1] < max_new_tokens:
+            d = min(k, max_new_tokens - (len(tokens) - idx.shape[1]) - 1)
+            guesses = []
+            for _ in range(d):
+                guesses.append(int(draft(as_ids(tokens + guesses))[0, -1].argmax()))
+            chosen = target(as_ids(tokens + guesses))[0, len(tokens) - 1:].argmax(dim=-1).tolist()
+            wrong = torch.nonzero(torch.tensor(guesses, dtype=torch.long) != torch.tensor(chosen[:d]))
+            kept = int(wrong[0, 0]) if len(wrong) else d
+            tokens, accepted = tokens + chosen[:kept + 1], accepted + kept
+    return as_ids(tokens), accepted
+
+
 # --------------------------------------------------------------------------------------------------
 # sliding_window_mask
 
@@ -659,3 +761,20 @@ def window_from_triangles(t, window, causal=True, device=None):
     ones = torch.ones(t, t, dtype=torch.bool, device=device)
     upper = 0 if causal else window - 1
     return ones.tril(upper).triu(-(window - 1))
+
+
+@mutant("sliding_window_mask", "device is honoured for the causal mask only: the two-sided mask is built on the CPU",
+        replace={"    return distance.abs() < window":
+                 "    return (torch.arange(t)[:, None] - torch.arange(t)[None, :]).abs() < window"})
+def window_two_sided_on_cpu(): ...
+
+
+@mutant("sliding_window_mask", "the error for a negative t does not say which argument is wrong",
+        replace={'raise ValueError(f"t must be >= 0, got t={t}")': 'raise ValueError(f"size must be >= 0, got {t}")'})
+def window_t_error_unnamed(): ...
+
+
+@mutant("sliding_window_mask", "the error for a window below 1 is a copy of the one for t: it names the wrong argument",
+        replace={'raise ValueError(f"window must be >= 1, got window={window}")':
+                 'raise ValueError(f"t must be >= 0, got t={window}")'})
+def window_error_names_t(): ...

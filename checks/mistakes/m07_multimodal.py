@@ -162,6 +162,28 @@ def clip_logsumexp_rows(image_emb, text_emb, temperature=0.07):
     return (both - torch.diagonal(s).repeat(2)).mean()
 
 
+@mutant("clip_loss", "the temperature tensor must be 0-dimensional: a learned temperature of shape (1,), which is "
+        "one number too, is rejected", replace={"temperature.numel() != 1:": "temperature.ndim != 0:"})
+def clip_rejects_temperature_of_shape_1(): ...
+
+
+@mutant("clip_loss", "the error for a bad temperature does not say which argument is wrong",
+        replace={'raise ValueError(f"temperature must be > 0, got {float(temperature)}")':
+                 'raise ValueError(f"must be > 0, got {float(temperature)}")'})
+def clip_temperature_error_unnamed(): ...
+
+
+@variant("clip_loss", "the similarities with F.cosine_similarity over broadcast (B, 1, D) and (1, B, D) views, and "
+         "the two directions as one cross-entropy over the logits and their transpose stacked")
+def clip_cosine_similarity(image_emb, text_emb, temperature=0.07):
+    _validate_clip(image_emb, text_emb, temperature)
+    sim = F.cosine_similarity(image_emb[:, None, :], text_emb[None, :, :], dim=-1, eps=1e-12)
+    logits = sim / temperature
+    B = logits.shape[0]
+    labels = torch.arange(B, device=logits.device).repeat(2)
+    return F.cross_entropy(torch.cat([logits, logits.T]), labels)
+
+
 # --------------------------------------------------------------------------------------------------
 # PatchEmbed
 
@@ -284,6 +306,20 @@ class PatchEmbedIntPatchSize(PatchEmbed):
             return super().forward(x)
         finally:
             self.patch_size = side
+
+
+@mistake("PatchEmbed", "proj's weight is re-initialised with nn.init.xavier_uniform_ (MAE's and some timm models' "
+         "choice for a whole ViT) instead of nn.Linear's default uniform init")
+class PatchEmbedXavierInit(PatchEmbed):
+    def __init__(self, patch_size=16, in_channels=3, embed_dim=768):
+        super().__init__(patch_size, in_channels, embed_dim)
+        nn.init.xavier_uniform_(self.proj.weight)
+
+
+@mutant("PatchEmbed", "the error for a bad in_channels or embed_dim does not say which argument is wrong",
+        replace={'raise ValueError(f"{name} must be a positive int, got {value!r}")':
+                 'raise ValueError(f"sizes must be positive ints, got {value!r}")'})
+def patch_embed_size_error_unnamed(): ...
 
 
 @variant("PatchEmbed", "F.unfold cuts the patches (columns in (c, i, j) order, blocks row-major), then a transpose")
@@ -474,6 +510,24 @@ def log_mel_ignores_band_limits(waveform, sample_rate=16000, n_fft=400, hop_leng
 @mutant("log_mel_spectrogram", "a too short waveform is not rejected: torch.stft fails with an unclear padding error",
         replace={"if T <= n_fft // 2:": "if T < 0:"})
 def log_mel_unchecked_length(): ...
+
+
+@mutant("mel_filterbank", "f_max = f_max or sample_rate / 2: an f_max of 0 is taken as 'use the default' "
+        "instead of being rejected (it is not above f_min)",
+        replace={"f_max = nyquist if f_max is None else f_max": "f_max = f_max or nyquist"})
+def mel_f_max_zero_means_default(): ...
+
+
+@mutant("mel_filterbank", "the error for a bad n_mels or n_fft does not say which argument is wrong",
+        replace={'raise ValueError(f"{name} must be a positive int, got {value!r}")':
+                 'raise ValueError(f"sizes must be positive ints, got {value!r}")'})
+def mel_size_error_unnamed(): ...
+
+
+@mutant("log_mel_spectrogram", "the error for a bad hop_length or n_fft does not say which argument is wrong",
+        replace={'raise ValueError(f"{name} must be a positive int, got {value!r}")':
+                 'raise ValueError(f"frame sizes must be positive ints, got {value!r}")'})
+def log_mel_size_error_unnamed(): ...
 
 
 @mutant("log_mel_spectrogram", "a floor of 0 is accepted, so silence gives log(0) = -inf",

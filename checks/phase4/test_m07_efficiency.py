@@ -24,6 +24,8 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   above ``t``; ``max_new_tokens`` 0 and 1, a one-token prompt. ``speculative_decode`` takes a batch of one
   only (documented ``ValueError`` otherwise).
 - Inputs not modified (1): q, k, v and the key mask, and idx, are compared with pristine copies.
+- Errors (10): every documented ValueError is raised, and its message must name the argument and the offending
+  value, shape or sizes (``_raises_naming``); floats and bools where ints are expected are TypeErrors.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 
 import pytest
 import torch
@@ -66,6 +69,23 @@ def _assert_unchanged(call: str, pristine: dict, given_args: dict, cause=None) -
             "its inputs: build new tensors (s = q_tile * scale) instead of writing into them (q_tile *= scale)."
             + cause_line(cause)
         )
+
+
+def _raises_naming(error: type[Exception], names: tuple[str, ...], fn, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` raises ``error`` whose message names the argument and its value (``names``)."""
+    call = format_call(fn.__name__, args, kwargs)
+    try:
+        fn(*args, **kwargs)
+    except error as err:
+        missing = [name for name in names if re.search(rf"(?<!\w){re.escape(name)}(?!\w|\.\d)", str(err)) is None]
+        assert not missing, (
+            f"Called {call}. It raised {type(err).__name__}({str(err)!r}), which does not name {' and '.join(missing)}."
+            f"\nBecause the message must say which argument is wrong and what its value was: the caller reads it "
+            f"to fix the call, e.g. {type(err).__name__}(\"{names[0]} must be ..., got {names[-1]}\")."
+        )
+    else:
+        raise AssertionError(f"Called {call}. It returned without an error; expected {error.__name__}: {names[0]} "
+                             f"is {names[-1]} here, which is not allowed.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,6 +272,13 @@ def test_flash_attention_known_values(impl):
         ({"q": q, "k": k, "v": v, "scale": 2.0}, [[(e2 := math.exp(2.0)) / (e2 + 1) + 3 / (e2 + 1)],
                                                   [1 / (e2 + 1) + 3 * e2 / (e2 + 1)]],
          "scale=2 multiplies the scores: softmax([2, 0])."),
+        ({"q": q, "k": k, "v": v, "block_size": 1, "scale": 0.0}, [[2.0], [2.0]],
+         "scale=0 is a scale like any other, not the default: every score is 0, so the weights are uniform. "
+         "Test `scale is None`, not `not scale`."),
+        ({"q": q, "k": k, "v": v, "block_size": 1, "is_causal": True, "scale": -2.0},
+         [[1.0], [(1 + 3 * (e := math.exp(-2.0))) / (1 + e)]],
+         "a negative scale flips the scores (softmax([0, -2]) for query 1); a masked score must stay -inf, so "
+         "scale the scores first and mask them afterwards (-inf * -2 is +inf, -inf * 0 is nan)."),
     ]
     for kwargs, expected, because in cases:
         out = _call_flash(impl, kwargs)
@@ -360,6 +387,13 @@ def test_flash_attention_extreme_scores_in_some_rows(impl):
     _check_against_torch(impl, kwargs, because=(
         "exp() of scores of size 1e4 overflows unless every tile subtracts the running max, and the sums "
         "accumulated under an older, smaller max must be rescaled by exp(m_old - m_new) when a later tile raises it."))
+    # the same, with the huge keys masked out: padding (key 6) and, for is_causal, keys after the query
+    kwargs = {"q": q, "k": k, "v": v, "block_size": 3, "is_causal": True,
+              "key_mask": torch.tensor([True] * 6 + [False])}
+    _check_against_torch(impl, kwargs, because=(
+        "a masked key gets no weight however large its score: set its score to -inf BEFORE the running max and "
+        "the exp(). Multiplying p by the mask afterwards lets a masked score of 1e4 set the max, and then "
+        "exp(s - max) of every real key underflows to 0."))
 
 
 @pytest.mark.exercise("flash_attention")
@@ -474,13 +508,14 @@ def test_flash_attention_rejects_bad_input(impl):
         impl.flash_attention(q, randn(gen, 2, 5, 3), v)  # E of q is 4, of k is 3
     with pytest.raises(ValueError, match=r"5.*4|4.*5"):
         impl.flash_attention(q, k, randn(gen, 2, 4, 2))  # 5 keys but 4 values
-    with pytest.raises(ValueError, match="6"):
-        impl.flash_attention(q, k, v, key_mask=torch.ones(2, 6, dtype=torch.bool))  # 6 mask entries for 5 keys
+    # 6 mask entries for 5 keys; 1 entry for 5 keys, which torch would broadcast: every query would see every key
+    for entries in (6, 1):
+        _raises_naming(ValueError, ("key_mask", str(entries)), impl.flash_attention, q, k, v,
+                       key_mask=torch.ones(2, entries, dtype=torch.bool))
     with pytest.raises(ValueError):
         impl.flash_attention(q, k, v, key_mask=torch.ones(2, 5))  # a float mask is not a key mask
     for bad in (0, -2):
-        with pytest.raises(ValueError, match=str(bad)):
-            impl.flash_attention(q, k, v, block_size=bad)
+        _raises_naming(ValueError, ("block_size", str(bad)), impl.flash_attention, q, k, v, block_size=bad)
     for bad in (2.0, True):
         with pytest.raises(TypeError):
             impl.flash_attention(q, k, v, block_size=bad)
@@ -669,7 +704,8 @@ def test_speculative_decode_equals_greedy(impl, kind, seed, prompt, n, k):
 @pytest.mark.exercise("speculative_decode")
 def test_speculative_decode_with_a_perfect_draft_keeps_every_guess(impl):
     idx = torch.tensor([[3, 1, 4]])
-    for n, k, calls in ((20, 4, 4), (9, None, 2), (10, 3, 3), (5, 1, 3), (1, 4, 1)):
+    # (6, None) and (9, None) pin the default k = 4: k = 5 needs 1 call for 6 tokens, k = 3 needs 3 for 9
+    for n, k, calls in ((20, 4, 4), (9, None, 2), (6, None, 2), (10, 3, 3), (5, 1, 3), (1, 4, 1)):
         _, accepted, target, _ = _check_speculative(impl, "target", idx, n, k)
         assert len(target.calls) == calls < max(n, 2) and accepted == n - calls, (
             f"Called {_spec_call('target', idx, n, k)} with the target as its own draft. It kept {accepted} "
@@ -757,16 +793,14 @@ def test_speculative_decode_keeps_the_ids_dtype(impl):
 def test_speculative_decode_rejects_bad_input(impl):
     target = draft = _mini_gpts()["target"]
     idx = torch.tensor([[1, 2]])
-    with pytest.raises(ValueError, match="-1"):
-        impl.speculative_decode(target, draft, idx, -1)
-    with pytest.raises(ValueError, match="0"):
-        impl.speculative_decode(target, draft, idx, 3, k=0)
+    _raises_naming(ValueError, ("max_new_tokens", "-1"), impl.speculative_decode, target, draft, idx, -1)
+    _raises_naming(ValueError, ("k", "0"), impl.speculative_decode, target, draft, idx, 3, k=0)
     for bad in ({"max_new_tokens": 3.0}, {"max_new_tokens": True}, {"k": 2.0}, {"k": True}):
         with pytest.raises(TypeError):
             impl.speculative_decode(target, draft, idx, **{"max_new_tokens": 3, **bad})
-    for shape in ((2, 3), (1, 0)):
-        with pytest.raises(ValueError, match=str(shape[0])):
-            impl.speculative_decode(target, draft, torch.zeros(shape, dtype=torch.long), 3)
+    for shape in ((2, 3), (1, 0)):  # the message names the shape: (2, 3), torch.Size([2, 3]) or [2, 3]
+        _raises_naming(ValueError, ("idx", f"{shape[0]}, {shape[1]}"), impl.speculative_decode, target, draft,
+                       torch.zeros(shape, dtype=torch.long), 3)
     for bad in (torch.tensor([1, 2]), torch.tensor([3]), torch.zeros(1, 2, 1, dtype=torch.long)):
         with pytest.raises(ValueError):
             impl.speculative_decode(target, draft, bad, 3)  # not (1, T)
@@ -856,20 +890,20 @@ def test_sliding_window_mask_works_as_an_sdpa_mask(impl, seed, t, window, causal
 
 @pytest.mark.exercise("sliding_window_mask")
 def test_sliding_window_mask_is_created_on_the_requested_device(impl):
-    for device in ("meta", torch.device("meta")):
-        mask = _call_window(impl, 5, 2, None, device=device)
+    for device, causal in (("meta", None), (torch.device("meta"), True), ("meta", False)):
+        mask = _call_window(impl, 5, 2, causal, device=device)
         assert mask.device.type == "meta", (
-            f"Called sliding_window_mask(5, 2, device={device!r}). The mask is on {mask.device}; `device` must place "
-            "it (torch.arange(t, device=device)), so that it can meet activations on a GPU."
+            f"Called sliding_window_mask(5, 2{'' if causal is None else f', causal={causal}'}, device={device!r}). "
+            f"The mask is on {mask.device}; `device` must place it (torch.arange(t, device=device)), with or without "
+            "causal, so that it can meet activations on a GPU."
         )
 
 
 @pytest.mark.exercise("sliding_window_mask")
 def test_sliding_window_mask_rejects_bad_arguments(impl):
-    with pytest.raises(ValueError, match="-3"):
-        impl.sliding_window_mask(-3, 2)
-    with pytest.raises(ValueError, match="0"):
-        impl.sliding_window_mask(4, 0)
+    _raises_naming(ValueError, ("t", "-3"), impl.sliding_window_mask, -3, 2)
+    _raises_naming(ValueError, ("window", "0"), impl.sliding_window_mask, 4, 0)
+    _raises_naming(ValueError, ("window", "-1"), impl.sliding_window_mask, 4, -1, causal=False)
     for args in ((3.0, 2), (3, 2.0), (True, 2), (3, True)):
         with pytest.raises(TypeError):
             impl.sliding_window_mask(*args)  # a float or a bool is not a size

@@ -27,12 +27,16 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   rule is also checked with a ``TorchDispatchMode`` that records every operation mixing two devices.
 - Bools for ints (10): documented for ``PatchEmbed``'s sizes and for n_fft, hop_length and n_mels, and
   checked. ``sample_rate``, ``f_min``, ``f_max``, ``floor`` and ``temperature`` are real numbers.
+- Errors (10): every message must name the offending value, and, for a bad argument (temperature,
+  patch_size, in_channels, embed_dim, n_mels, n_fft, hop_length, sample_rate, f_min, f_max, floor), the
+  argument by its exact name (``_assert_names``).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +70,20 @@ def _assert_unchanged(call: str, pristine: dict, given_args: dict) -> None:
             f"{describe(after)}.\nBecause the caller still needs its inputs: build new tensors (x = x / n) instead "
             "of writing into them (x /= n, x.div_(n))."
         )
+
+
+def _assert_names(call: str, err: Exception, argument: str | None, value: str) -> None:
+    """The error message names the offending value and, when there is one, the argument, spelled as in the
+    signature (``hop_length``, not ``HOP_LENGTH`` or ``hop length``)."""
+    message = str(err)
+    named = argument is None or re.search(rf"(?<![A-Za-z0-9_]){re.escape(argument)}(?![A-Za-z0-9_])", message)
+    values = value.split("|")  # alternatives
+    assert named and any(v in message for v in values), (
+        f"Called {call}. It raised {type(err).__name__}({message!r}); the message must name "
+        + (f"the argument `{argument}` and " if argument else "") + f"the offending value {value}.\nBecause the "
+        "caller reads it to fix the call: say which argument is wrong and what it was, e.g. "
+        + (f"\"{argument} must be ..., got {values[0]}\"." if argument else f"\"..., got {values[0]}\".")
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,12 +278,13 @@ def test_clip_loss_on_the_meta_device(impl):
 
 
 @pytest.mark.exercise("clip_loss")
-@pytest.mark.parametrize(("case", "named"), [
-    ("1-D", "(4,)"), ("3-D", "(2, 4, 3)"), ("B differs", "(5, 3)"), ("D differs", "(4, 2)"), ("ints", "int64"),
-    ("mixed dtypes", "float32"), ("empty", "0"), ("zero temperature", "0.0"), ("negative", "-0.5"),
-    ("nan", "nan"), ("two temperatures", "(2,)"), ("zero tensor", "0.0"),
+@pytest.mark.parametrize(("case", "argument", "named"), [
+    ("1-D", None, "(4,)"), ("3-D", None, "(2, 4, 3)"), ("B differs", None, "(5, 3)"), ("D differs", None, "(4, 2)"),
+    ("ints", None, "int64"), ("mixed dtypes", None, "float32"), ("empty", None, "0"),
+    ("zero temperature", "temperature", "0.0"), ("negative", "temperature", "-0.5"), ("nan", "temperature", "nan"),
+    ("two temperatures", "temperature", "(2,)|[2]"), ("zero tensor", "temperature", "0.0"),
 ])
-def test_clip_loss_rejects_bad_inputs(impl, case, named):
+def test_clip_loss_rejects_bad_inputs(impl, case, argument, named):
     x = torch.ones(4, 3, dtype=DT)
     image, text, t = x, x.clone(), 0.1
     if case == "1-D":
@@ -295,8 +314,21 @@ def test_clip_loss_rejects_bad_inputs(impl, case, named):
     call = _clip_call({"image_emb": image, "text_emb": text, "temperature": t})
     with pytest.raises(ValueError) as info:
         impl.clip_loss(image, text, t)
-    assert named in str(info.value), (
-        f"Called {call} ({case}). The ValueError says {str(info.value)!r}; it must name the offending value {named}.")
+    _assert_names(f"{call} ({case})", info.value, argument, named)
+
+
+@pytest.mark.exercise("clip_loss")
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=str)
+def test_clip_loss_takes_a_one_element_temperature_tensor(impl, shape):
+    gen = generator(12)
+    image, text = randn(gen, 3, 4), randn(gen, 3, 4)
+    temperature = torch.full(shape, 0.25, dtype=DT)
+    call = _clip_call({"image_emb": image, "text_emb": text, "temperature": temperature})
+    got = impl.clip_loss(image, text, temperature)
+    _check_loss_value(got, _clip_formula(image, text, 0.25), call,
+                      because="the temperature may be a float or any one-element tensor (a learned parameter of shape "
+                              "(1,) is common): check temperature.numel() == 1, not its number of dimensions, and the "
+                              "loss stays 0-dimensional.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,6 +444,10 @@ def test_patch_embed_structure_and_defaults(impl):
     assert got == ((16, 16), 3, 768), (
         f"Called PatchEmbed(). Its patch_size, in_channels, embed_dim are {got}; expected ((16, 16), 3, 768).")
     assert not list(default.buffers()), "PatchEmbed keeps no buffers."
+    dtypes = {str(p.dtype) for p in default.parameters()}
+    assert dtypes == {str(torch.get_default_dtype())}, (
+        f"Called PatchEmbed(). Its parameters have dtype {sorted(dtypes)}; expected torch's default dtype "
+        f"{torch.get_default_dtype()}, as any nn.Linear: the caller chooses another one with .to() or .double().")
     with seeded(1):
         module = impl.PatchEmbed((2, 3), in_channels=4, embed_dim=5)
     shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
@@ -436,6 +472,22 @@ def test_patch_embed_structure_and_defaults(impl):
         f"Called PatchEmbed(4, 3, 256). proj.weight has mean {float(w.mean()):.4g}, std {float(w.std()):.4g} and max "
         f"|w| {float(w.abs().max()):.4g}; nn.Linear(48, 256)'s default init (the same as nn.Conv2d's) is uniform in "
         f"+-1/sqrt(48) = +-{bound:.4g} (std {std:.4g}), biases too.")
+    # few outputs: the default bound 1/sqrt(fan_in) is far from Xavier's sqrt(6 / (fan_in + fan_out))
+    with seeded(3):
+        narrow = impl.PatchEmbed(2, 3, 4)
+    w = narrow.proj.weight.detach().double()
+    bound = 1 / math.sqrt(12)
+    assert float(w.abs().max()) <= bound + 1e-7, (
+        f"Called PatchEmbed(2, 3, 4). proj.weight reaches |w| = {float(w.abs().max()):.4g}; nn.Linear(12, 4)'s default "
+        f"init is uniform in +-1/sqrt(12) = +-{bound:.4g}. Keep PyTorch's default initialisation (no "
+        "nn.init.xavier_uniform_ or trunc_normal_ here: a whole ViT may re-initialise its weights, the layer does not)."
+        + cause_line(lambda: likely_cause(KATA, "PatchEmbed", lambda cls: _max_init(cls, 3),
+                                          float(w.abs().max()), rtol=0, atol=1e-12)))
+
+
+def _max_init(cls, seed: int) -> float:
+    with seeded(seed):
+        return float(cls(2, 3, 4).proj.weight.detach().double().abs().max())
 
 
 @pytest.mark.exercise("PatchEmbed")
@@ -463,17 +515,17 @@ def test_patch_embed_on_the_meta_device(impl):
 
 
 @pytest.mark.exercise("PatchEmbed")
-@pytest.mark.parametrize(("args", "named"), [
-    ((0, 3, 8), "0"), ((-2, 3, 8), "-2"), ((True, 3, 8), "True"), ((2.0, 3, 8), "2.0"), (((2,), 3, 8), "(2,)"),
-    (((2, 2, 2), 3, 8), "(2, 2, 2)"), (((2, 0), 3, 8), "0"), (((-3, 2), 3, 8), "-3"), ((2, 0, 8), "0"),
-    ((2, 3, -1), "-1"), ((2, 3, True), "True"), ((2, 1.5, 8), "1.5"),
+@pytest.mark.parametrize(("args", "argument", "named"), [
+    ((0, 3, 8), "patch_size", "0"), ((-2, 3, 8), "patch_size", "-2"), ((True, 3, 8), "patch_size", "True"),
+    ((2.0, 3, 8), "patch_size", "2.0"), (((2,), 3, 8), "patch_size", "(2,)"),
+    (((2, 2, 2), 3, 8), "patch_size", "(2, 2, 2)"), (((2, 0), 3, 8), "patch_size", "0"),
+    (((-3, 2), 3, 8), "patch_size", "-3"), ((2, 0, 8), "in_channels", "0"), ((2, 1.5, 8), "in_channels", "1.5"),
+    ((2, 3, -1), "embed_dim", "-1"), ((2, 3, True), "embed_dim", "True"),
 ])
-def test_patch_embed_rejects_bad_sizes(impl, args, named):
+def test_patch_embed_rejects_bad_sizes(impl, args, argument, named):
     with pytest.raises(ValueError) as info:
         impl.PatchEmbed(*args)
-    assert named in str(info.value), (
-        f"Called PatchEmbed{args!r}. The ValueError says {str(info.value)!r}; it must name the offending value "
-        f"{named}.")
+    _assert_names(f"PatchEmbed{args!r}", info.value, argument, named)
 
 
 @pytest.mark.exercise("PatchEmbed")
@@ -598,14 +650,13 @@ def test_mel_filterbank_dtype_device_and_sums(impl):
     ({"n_fft": -8}, "-8"), ({"n_fft": True}, "True"), ({"sample_rate": 0}, "0"), ({"sample_rate": -8000.0}, "-8000"),
     ({"f_min": -1.0}, "-1.0"), ({"f_max": 4000.5}, "4000.5"), ({"f_min": 2000.0, "f_max": 2000.0}, "2000.0"),
     ({"f_min": 3000.0, "f_max": 1000.0}, "3000.0"),
+    ({"f_max": 0.0}, "0.0"),  # f_max must be above f_min: 0.0 is a value, not "use the default" (f_max or ...)
 ])
 def test_mel_filterbank_rejects_bad_arguments(impl, kwargs, named):
     args = {"n_mels": 4, "n_fft": 64, "sample_rate": 8000} | kwargs
     with pytest.raises(ValueError) as info:
         impl.mel_filterbank(**args)
-    assert named in str(info.value), (
-        f"Called {format_call('mel_filterbank', (), args)}. The ValueError says {str(info.value)!r}; it must name the "
-        f"offending value {named}.")
+    _assert_names(format_call("mel_filterbank", (), args), info.value, list(kwargs)[-1], named)
 
 
 def _log_mel_call(kwargs: dict) -> str:
@@ -636,6 +687,8 @@ def log_mel_cases(draw):
 @pytest.mark.exercise("log_mel_spectrogram")
 @settings(max_examples=30)
 @given(log_mel_cases())
+@example({"waveform": randn(generator(2), 2, 17), "sample_rate": 8000, "n_fft": 32, "hop_length": 4,
+          "n_mels": 5})  # the shortest legal waveform: T = n_fft // 2 + 1 (T < n_fft is fine)
 def test_log_mel_matches_a_direct_dft(impl, kwargs):
     pristine = copy.deepcopy(kwargs)
     call = _log_mel_call(kwargs)
@@ -760,12 +813,13 @@ def test_log_mel_builds_its_tensors_on_the_waveforms_device(impl):
 
 
 @pytest.mark.exercise("log_mel_spectrogram")
-@pytest.mark.parametrize(("case", "named"), [
-    ("ints", "int64"), ("float16", "float16"), ("0-D", "0|()"), ("hop 0", "0"), ("hop bool", "True"),
-    ("n_fft 0", "0"), ("floor 0", "0"), ("floor negative", "-1e-05"), ("too short", "200"),
-    ("f_max above Nyquist", "9000"),
+@pytest.mark.parametrize(("case", "argument", "named"), [
+    ("ints", None, "int64"), ("float16", None, "float16"), ("0-D", None, "0|()"), ("hop 0", "hop_length", "0"),
+    ("hop bool", "hop_length", "True"), ("n_fft 0", "n_fft", "0"), ("n_fft float", "n_fft", "400.0"),
+    ("floor 0", "floor", "0"), ("floor negative", "floor", "-1e-05"), ("too short", None, "200"),
+    ("f_max above Nyquist", "f_max", "9000"), ("f_max zero", "f_max", "0.0"),
 ])
-def test_log_mel_rejects_bad_arguments(impl, case, named):
+def test_log_mel_rejects_bad_arguments(impl, case, argument, named):
     wave, kwargs = torch.zeros(1000), {}
     if case == "ints":
         wave = torch.zeros(1000, dtype=torch.int64)
@@ -779,6 +833,8 @@ def test_log_mel_rejects_bad_arguments(impl, case, named):
         kwargs["hop_length"] = True
     elif case == "n_fft 0":
         kwargs["n_fft"] = 0
+    elif case == "n_fft float":
+        kwargs["n_fft"] = 400.0
     elif case == "floor 0":
         kwargs["floor"] = 0.0
     elif case == "floor negative":
@@ -787,8 +843,9 @@ def test_log_mel_rejects_bad_arguments(impl, case, named):
         wave = torch.zeros(200)  # n_fft // 2 = 200 samples of padding need at least 201
     elif case == "f_max above Nyquist":
         kwargs["f_max"] = 9000.0
+    elif case == "f_max zero":
+        kwargs["f_max"] = 0.0
     call = _log_mel_call({"waveform": wave, **kwargs})
     with pytest.raises(ValueError) as info:
         impl.log_mel_spectrogram(wave, **kwargs)
-    assert any(text in str(info.value) for text in named.split("|")), (
-        f"Called {call} ({case}). The ValueError says {str(info.value)!r}; it must name the offending value {named}.")
+    _assert_names(f"{call} ({case})", info.value, argument, named)

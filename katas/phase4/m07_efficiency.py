@@ -94,8 +94,8 @@ def flash_attention(
     - q, k, v and the mask are never modified.
     - Errors: q and k with different last dimensions, k and v with different numbers of keys, a
       ``key_mask`` that is not bool or whose last dimension is not S: ``ValueError`` naming the
-      sizes. ``block_size`` must be an int >= 1: a float or a bool is a ``TypeError``, 0 or less a
-      ``ValueError`` naming it.
+      sizes (and, for the mask, the word key_mask). ``block_size`` must be an int >= 1: a float or a bool
+      is a ``TypeError``, 0 or less a ``ValueError`` naming block_size and its value.
 
     Example::
 
@@ -159,8 +159,8 @@ def speculative_decode(
       stay int32; argmax returns int64) and on idx's device. ``max_new_tokens = 0`` returns idx's tokens
       with accepted 0 and calls no model.
     - Errors: ``max_new_tokens`` or ``k`` that is a float or a bool: ``TypeError``; ``max_new_tokens < 0``
-      or ``k < 1``: ``ValueError`` naming the value; ``idx`` that is not (1, T >= 1): ``ValueError`` naming
-      its shape.
+      or ``k < 1``: ``ValueError`` naming the argument and its value (``"k must be >= 1, got k=0"``);
+      ``idx`` that is not (1, T >= 1): ``ValueError`` naming idx and its shape.
 
     Example::
 
@@ -198,7 +198,8 @@ def sliding_window_mask(
     layers still lets information travel further than one window.
 
     ``t`` (>= 0; ``t = 0`` gives a (0, 0) mask) and ``window`` (>= 1) are ints: a float such as ``3.0`` or
-    a bool is a ``TypeError``, a negative ``t`` or a ``window`` below 1 a ``ValueError`` naming the value.
+    a bool is a ``TypeError``, a negative ``t`` or a ``window`` below 1 a ``ValueError`` naming the argument
+    and its value (``"window must be >= 1, got window=0"``).
     ``device`` places the mask (the CPU by default).
 
     Example::

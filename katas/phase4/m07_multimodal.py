@@ -52,7 +52,8 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, temperature: float | Tensor =
     ``torch.arange(B, device=...)``). The inputs may be transposed or sliced views and are not modified.
     ``ValueError`` (naming the offending shapes, dtypes or value) when an embedding is not 2-D, the two
     shapes differ, the embeddings are not floating point or do not share one dtype, the batch is empty
-    (B = 0), or the temperature is not a single number > 0 (0, negative and nan are rejected).
+    (B = 0), or the temperature is not a single number > 0 (0, negative and nan are rejected; that message
+    also names ``temperature``).
 
     Example::
 
@@ -88,11 +89,11 @@ class PatchEmbed(nn.Module):
     view (a transposed image): ``.view`` fails on those, ``.reshape`` does not. It is not modified. The
     output has the parameters' dtype (``module.double()`` computes in float64) and lives on their device.
 
-    ``ValueError`` (naming the offending value or shape): in ``__init__``, when ``patch_size``,
-    ``in_channels`` or ``embed_dim`` is not a positive int (a bool or a float is not an int here) or
-    ``patch_size`` is a tuple that is not a pair; in ``forward``, when ``x`` is not 4-D, has another number
-    of channels than ``in_channels``, or H or W is not a positive multiple of the patch size. Never crop
-    silently: the border of the image would be lost without anyone noticing.
+    ``ValueError`` (naming the offending value or shape, and in ``__init__`` the argument by its name):
+    in ``__init__``, when ``patch_size``, ``in_channels`` or ``embed_dim`` is not a positive int (a bool or
+    a float is not an int here) or ``patch_size`` is a tuple that is not a pair; in ``forward``, when ``x``
+    is not 4-D, has another number of channels than ``in_channels``, or H or W is not a positive multiple
+    of the patch size. Never crop silently: the border of the image would be lost without anyone noticing.
 
     Example::
 
@@ -143,9 +144,10 @@ def mel_filterbank(
     matrix, (n_freqs, n_mels); here it is (n_mels, n_freqs), so ``filterbank @ power`` applies it.
 
     Compute in float64 and convert the finished matrix to ``dtype`` (default: torch's default dtype),
-    created on ``device`` (default: the CPU). ``ValueError`` (naming the offending value) when ``n_mels`` or
-    ``n_fft`` is not a positive int (bools rejected), ``sample_rate`` is not > 0, or the frequencies do not
-    satisfy ``0 <= f_min < f_max <= sample_rate / 2``.
+    created on ``device`` (default: the CPU). ``ValueError`` (naming the argument and its value, as in
+    ``"n_mels must be a positive int, got 0"``) when ``n_mels`` or ``n_fft`` is not a positive int (bools
+    rejected), ``sample_rate`` is not > 0, or the frequencies do not satisfy
+    ``0 <= f_min < f_max <= sample_rate / 2`` (an ``f_max`` of 0 is a value, not the default).
 
     Example::
 
@@ -189,7 +191,8 @@ def log_mel_spectrogram(
     dimensions, (T,), (B, T), (B, channels, T) ...; it may be a non-contiguous view and is not modified.
     A pure tone of f Hz puts its energy into the mel band whose centre is nearest to f.
 
-    ``ValueError`` (naming the offending value): ``waveform`` of another dtype or 0-dimensional,
+    ``ValueError`` (naming the offending value, and the argument when it is one of the options:
+    ``"hop_length must be a positive int, got 0"``): ``waveform`` of another dtype or 0-dimensional,
     ``hop_length`` or ``n_fft`` not a positive int, ``floor`` not > 0, or T <= n_fft // 2 (centred frames need
     more samples than the padding). ``mel_filterbank`` checks the other arguments.
 
