@@ -234,6 +234,57 @@ def ig_no_baseline_check(): ...
 def ig_no_output_check(): ...
 
 
+@mutant("integrated_gradients", "the default baseline is made with torch.zeros(x.shape, dtype=x.dtype): on the CPU, "
+        "not where x lives",
+        replace={"baseline = torch.zeros_like(x)": "baseline = torch.zeros(x.shape, dtype=x.dtype)"})
+def ig_default_baseline_on_cpu(): ...
+
+
+@mutant("integrated_gradients", "f's output is only checked to be 1-D: (3 N,) values for N rows (z**2 flattened, "
+        "not summed) are accepted", replace={"or out.shape != (points.shape[0],)": "or out.dim() != 1"})
+def ig_output_only_1d(): ...
+
+
+@mutant("integrated_gradients", "a 0-d output of f (one number for the whole batch) is accepted instead of the "
+        "documented (N,)", replace={"or out.shape != (points.shape[0],)":
+                                    "or (out.dim() > 0 and out.shape != (points.shape[0],))"})
+def ig_accepts_scalar_output(): ...
+
+
+@mutant("integrated_gradients", "the baseline is only checked to broadcast WITH x: a (2, 2, 3) baseline for a (2, 3) x "
+        "is not reported", replace={"fits = torch.broadcast_shapes(baseline.shape, x.shape) == x.shape":
+                                    "fits = torch.broadcast_shapes(baseline.shape, x.shape) is not None"})
+def ig_baseline_broadcasts_past_x(): ...
+
+
+@mutant("integrated_gradients", "only baselines of x's shape or of one row's shape are accepted: a (1, *S) baseline, "
+        "which broadcasts, is rejected", replace={"    if not fits:\n": "    fits = fits and baseline.shape in "
+                                                                          "(x.shape, x.shape[1:])\n    if not fits:\n"})
+def ig_baseline_exact_shapes_only(): ...
+
+
+@mutant("integrated_gradients", "isinstance(steps, int) rejects NumPy integers, which the docstring accepts",
+        replace={"not isinstance(steps, numbers.Integral)": "not isinstance(steps, int)"})
+def ig_rejects_numpy_steps(): ...
+
+
+@variant("integrated_gradients", "the points stacked row-major as (B, steps, *S) and the gradients viewed back the "
+         "same way, averaged over dim 1")
+def ig_row_major_points(f, x, baseline=None, steps=50):
+    baseline, steps = _ig_validated(f, x, baseline, steps)
+    delta = x.detach() - baseline
+    B = x.shape[0]
+    alphas = _midpoints(x, steps).view((1, steps) + (1,) * (x.dim() - 1))
+    points = (baseline.unsqueeze(1) + alphas * delta.unsqueeze(1)).reshape((B * steps,) + tuple(x.shape[1:]))
+    points.requires_grad_(True)
+    with torch.enable_grad():
+        out = f(points)
+        if not isinstance(out, Tensor) or out.shape != (B * steps,):
+            raise ValueError(f"f must return shape ({B * steps},), got {getattr(out, 'shape', type(out).__name__)}")
+        (grads,) = torch.autograd.grad(out.sum(), points)
+    return delta * grads.view((B, steps) + tuple(x.shape[1:])).mean(dim=1)
+
+
 @variant("integrated_gradients", "Captum style: one call of f per step on a (B, *S) batch, gradients accumulated in "
          "a loop, midpoints from linspace")
 def ig_loop_over_steps(f, x, baseline=None, steps=50):
@@ -386,6 +437,34 @@ def rollout_no_shape_check(): ...
 @mutant("attention_rollout", "non-square attention (T queries, S keys) is not reported",
         replace={"len(shape) < 3 or shape[-1] != shape[-2]": "len(shape) < 3"})
 def rollout_accepts_non_square(): ...
+
+
+@mutant("attention_rollout", "only the token axes of the layers are compared: a layer with another number of heads "
+        "(or batch) is not reported", replace={"        if layer.shape != shape:": "        if layer.shape[-2:] != "
+                                                                                 "shape[-2:]:"})
+def rollout_checks_only_T(): ...
+
+
+@mutant("attention_rollout", "the ValueError for layers of different shapes does not say which layer",
+        replace={'raise ValueError(f"layer {i} has shape {tuple(layer.shape)}, layer 0 has {tuple(shape)}")':
+                 'raise ValueError(f"the layers must have one shape, got {tuple(layer.shape)}")'})
+def rollout_error_without_layer(): ...
+
+
+@variant("attention_rollout", "all the layers stacked, the heads summed and divided by H, the identity added on the "
+         "diagonal of a copy, and the whole computation in float64, cast back to the inputs' dtype at the end")
+def rollout_stacked_float64(attentions, add_residual=True):
+    layers = _rollout_validated(attentions)
+    shape = layers[0].shape
+    mats = torch.stack(layers).to(torch.float64).sum(dim=-3) / shape[-3]  # (L, ..., T, T)
+    if add_residual:
+        mats = mats.clone()
+        mats.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        mats = mats / mats.sum(dim=-1, keepdim=True)
+    rollout = mats[0]
+    for a in mats[1:]:
+        rollout = a @ rollout
+    return rollout.to(layers[0].dtype)
 
 
 @variant("attention_rollout", "top-down: start from the last layer and multiply the earlier ones on the right, with "
@@ -566,6 +645,97 @@ def lens_no_id_check(): ...
 
 @mutant("logit_lens", "float token ids are accepted", replace={"or idx.is_floating_point()": ""})
 def lens_accepts_float_ids(): ...
+
+
+@mutant("logit_lens", "only int64 token ids are accepted: int32 ids, which nn.Embedding takes, are rejected",
+        replace={"or idx.dtype == torch.bool):": "or idx.dtype != torch.long):"})
+def lens_int64_only(): ...
+
+
+@mutant("logit_lens", "torch.inference_mode() instead of torch.no_grad(): the lens is an inference tensor, which a "
+        "caller cannot use in a later computation that autograd records",
+        replace={"with torch.no_grad():  # a reading": "with torch.inference_mode():  # a reading"})
+def lens_inference_mode(): ...
+
+
+@mistake("logit_lens", "torch.set_grad_enabled(False) ... torch.set_grad_enabled(True): a caller inside "
+         "torch.no_grad() gets grad mode switched on")
+def lens_switches_grad_on(model, idx):
+    torch.set_grad_enabled(False)
+    try:
+        return logit_lens(model, idx)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+@mistake("logit_lens", "the parameters are frozen for the reading and then all unfrozen with "
+         "model.requires_grad_(True): the ones the caller had frozen come back trainable")
+def lens_unfreezes_everything(model, idx):
+    model.requires_grad_(False)
+    try:
+        return logit_lens(model, idx)
+    finally:
+        model.requires_grad_(True)
+
+
+@mistake("logit_lens", "model.zero_grad() \"to be clean\": the gradients the caller had accumulated are thrown away")
+def lens_zero_grad(model, idx):
+    result = logit_lens(model, idx)
+    model.zero_grad()
+    return result
+
+
+@mistake("logit_lens", "model.eval() before idx is checked: when the lens raises its ValueError, the model is left "
+         "in eval mode")
+def lens_eval_before_checking(model, idx):
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    _lens_validated(model, idx)  # raises with the model still in eval mode
+    for m, t in modes:
+        m.training = t
+    return logit_lens(model, idx)
+
+
+@mistake("logit_lens", "hooks on the blocks, removed only after a successful forward: when the model raises (idx "
+         "too long, an id out of range), the hooks stay registered")
+def lens_hooks_removed_on_success_only(model, idx):
+    if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise ValueError(f"idx must be an integer tensor, got {idx!r}")
+    captured = []
+    handles = [model.drop.register_forward_hook(lambda m, args, out: captured.append(out))]
+    handles += [b.register_forward_hook(lambda m, args, out: captured.append(out)) for b in model.blocks]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(idx)  # the model's own ValueError for a bad idx
+            result = torch.stack([model.head(model.ln_f(h)) for h in captured[:-1]] + [logits])
+    finally:
+        for m, t in modes:
+            m.training = t
+    for h in handles:
+        h.remove()
+    return result
+
+
+@variant("logit_lens", "forward PRE-hooks on every block and on ln_f: the input of block l is the stream after "
+         "block l - 1, the input of ln_f the stream after the last block; handles removed in finally")
+def lens_with_pre_hooks(model, idx):
+    _lens_validated(model, idx)
+    inputs = []
+    grab = lambda module, args: inputs.append(args[0])  # noqa: E731
+    handles = [b.register_forward_pre_hook(grab) for b in model.blocks] + [model.ln_f.register_forward_pre_hook(grab)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(idx)
+            return torch.stack([model.head(model.ln_f(h)) for h in list(inputs)])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in modes.items():
+            m.training = t
 
 
 @variant("logit_lens", "forward hooks on model.drop and on every block, one ordinary forward pass, handles removed "

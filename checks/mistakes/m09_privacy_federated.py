@@ -14,12 +14,13 @@ The learning path has no code for this module, so there are no mistakes of its o
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
 from checks.harness.catalogue import mistake, mutant, variant
-from reference.phase4.m09_privacy_federated import _normalised_weights, fedavg, per_sample_grads
+from reference.phase4.m09_privacy_federated import _normalised_weights, dp_sgd_step, fedavg, per_sample_grads
 
 # --------------------------------------------------------------------------------------------------
 # fedavg
@@ -184,6 +185,48 @@ def fedavg_ignores_extra_keys(): ...
 def fedavg_ignores_shapes(): ...
 
 
+@mistake("fedavg", "a tensor of weights is only checked for negative values and a zero sum: nan and inf weights "
+                   "pass, and the average comes back nan")
+def fedavg_tensor_weights_not_finite_checked(states, weights=None):
+    if isinstance(weights, torch.Tensor) and weights.ndim == 1 and weights.dtype != torch.bool:
+        if bool((weights < 0).any()) or float(weights.sum()) == 0:
+            raise ValueError(f"weights must be >= 0 and not all 0, got {weights.tolist()}")
+        shares = (weights.double() / weights.double().sum()).tolist()
+        states = list(states)
+        with torch.no_grad():
+            return {k: sum(s * state[k].double() for s, state in zip(shares, states, strict=True)).to(v.dtype)
+                    if v.is_floating_point() else v.clone() for k, v in states[0].items()}
+    return fedavg(states, weights)
+
+
+@mistake("fedavg", "weights are checked with isinstance(w, (int, float)): NumPy integers such as np.int64(10), which "
+                   "are numbers too, are rejected")
+def fedavg_rejects_numpy_weights(states, weights=None):
+    if weights is not None and not isinstance(weights, torch.Tensor):
+        for value in weights:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"weights must be int or float, got {value!r}")
+    return fedavg(states, weights)
+
+
+@mutant("fedavg", "only the floating entries are compared between clients: counters of different dtypes or shapes "
+                  "are not reported",
+        replace={"            for index, state in enumerate(states):\n                other = state[name]":
+                 "            for index, state in enumerate(states if first.is_floating_point() else []):\n"
+                 "                other = state[name]"})
+def fedavg_checks_float_entries_only(): ...
+
+
+@mistake("fedavg", "a tensor of weights is only rejected when it has more than one dimension: a 0-d tensor slips "
+                   "through, and len() of its .tolist() (a float) fails with a TypeError")
+def fedavg_accepts_0d_weights(states, weights=None):
+    if isinstance(weights, torch.Tensor) and weights.ndim == 0:
+        values = weights.tolist()
+        if len(values) != len(states):  # TypeError: a float has no len()
+            raise ValueError(f"got {len(values)} weights for {len(states)} clients")
+    return fedavg(states, weights)
+
+
 @variant("fedavg", "Flower style: multiply each client's tensors by its raw number of examples, add them up, divide "
                    "by the total once")
 def fedavg_flower_style(states, weights=None):
@@ -321,6 +364,31 @@ def psg_tied_weight_twice(model, loss_fn, x, y):
     return vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
 
 
+@mutant("per_sample_grads", "the example is passed to the model and the loss without its batch dimension (no "
+                            "unsqueeze(0)): a model or loss that needs the batch axis breaks or computes something "
+                            "else",
+        replace={"(xi.unsqueeze(0),))\n        return loss_fn(out, yi.unsqueeze(0))": "(xi,))\n        return "
+                                                                                        "loss_fn(out, yi)"})
+def psg_no_batch_of_one(): ...
+
+
+@variant("per_sample_grads", "functional_call with the trainable parameters only (the module's own frozen parameters "
+                             "and buffers fill in), inside eval mode put back in a finally block")
+def psg_trainable_only_in_eval(model, loss_fn, x, y):
+    _check_batch(x, y)
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def example_loss(params, xi, yi):
+        return loss_fn(functional_call(model, params, (xi[None],)), yi[None])
+
+    was = model.training
+    model.eval()
+    try:
+        return dict(vmap(grad(example_loss), in_dims=(None, 0, 0))(trainable, x, y))
+    finally:
+        model.train(was)
+
+
 @variant("per_sample_grads", "a plain loop of torch.autograd.grad over the examples (B times slower, same numbers)")
 def psg_autograd_loop(model, loss_fn, x, y):
     _check_batch(x, y)
@@ -352,9 +420,11 @@ def psg_jacobian(model, loss_fn, x, y):
 
 
 def _validate(max_grad_norm, noise_multiplier, x, y):
-    if not math.isfinite(max_grad_norm) or max_grad_norm <= 0:
+    if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real) or not math.isfinite(
+            max_grad_norm) or max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real) or not math.isfinite(
+            noise_multiplier) or noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
     if x.shape[0] == 0:
         raise ValueError("empty batch")
@@ -567,6 +637,54 @@ def dp_accepts_infinite_c(): ...
 @mutant("dp_sgd_step", "an empty batch is not rejected, and the mean divides by B = 0",
         replace={"if x.ndim and x.shape[0] == 0:": "if False:"})
 def dp_accepts_empty_batch(): ...
+
+
+@mistake("dp_sgd_step", "model.zero_grad() before setting the private gradient: the .grad the caller had on a frozen "
+                        "parameter is thrown away")
+def dp_zero_grads_everything(model, loss_fn, x, y, optimizer, max_grad_norm, noise_multiplier, generator=None):
+    _validate(max_grad_norm, noise_multiplier, x, y)
+    model.zero_grad()
+    return dp_sgd_step(model, loss_fn, x, y, optimizer, max_grad_norm, noise_multiplier, generator)
+
+
+@mutant("dp_sgd_step", "Opacus's factor C / (||g|| + 1e-6) instead of the documented exact min(1, C / ||g||): every "
+                       "clipped gradient comes out a little short",
+        replace={"factors = (max_grad_norm / norms).clamp(max=1.0)":
+                 "factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)"})
+def dp_opacus_epsilon(): ...
+
+
+@mutant("dp_sgd_step", "max_grad_norm and noise_multiplier are not checked to be numbers: a string or None raises a "
+                       "TypeError from math.isfinite instead of the documented ValueError",
+        replace={"if not _is_real(max_grad_norm) or not math.isfinite": "if not math.isfinite",
+                 "if not _is_real(noise_multiplier) or not math.isfinite": "if not math.isfinite"})
+def dp_no_number_check(): ...
+
+
+@mutant("dp_sgd_step", "noise_multiplier must be a float: the int 0 (no noise), a legal number, is rejected",
+        replace={"if not _is_real(noise_multiplier) or not math.isfinite": "if not isinstance(noise_multiplier, "
+                                                                          "float) or not math.isfinite"})
+def dp_rejects_int_sigma(): ...
+
+
+@variant("dp_sgd_step", "the clipped sum divided by B first, and noise of std sigma * C / B added to the mean; the "
+                        "clip factor from torch.where; the optimizer given the grads through a fresh tensor per "
+                        "parameter")
+def dp_noise_scaled_on_the_mean(model, loss_fn, x, y, optimizer, max_grad_norm, noise_multiplier, generator=None):
+    _validate(max_grad_norm, noise_multiplier, x, y)
+    with torch.no_grad():
+        loss = loss_fn(model(x), y)
+    grads = per_sample_grads(model, loss_fn, x, y)
+    batch = x.shape[0]
+    norms = torch.sqrt(sum(g.reshape(batch, -1).pow(2).sum(dim=1) for g in grads.values()))
+    factors = torch.where(norms > max_grad_norm, max_grad_norm / norms, torch.ones_like(norms))
+    params = dict(model.named_parameters())
+    for name, g in grads.items():
+        mean = torch.einsum("b,b...->...", factors, g) / batch
+        noise = torch.randn(mean.shape, generator=generator, dtype=params[name].dtype, device=params[name].device)
+        params[name].grad = mean + (noise_multiplier * max_grad_norm / batch) * noise
+    optimizer.step()
+    return loss.detach()
 
 
 @variant("dp_sgd_step", "Opacus-like flat layout: all per-example gradients as one (B, P) matrix, rows clipped with "

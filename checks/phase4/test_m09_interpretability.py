@@ -21,11 +21,14 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
   identity must be made where the input lives). ``logit_lens`` must validate token ids, which needs their
   values, which meta tensors lack; it creates no tensor of its own.
 - dtypes (3): float64 and float32 for all three; bfloat16 for rollout (it has no gradient to lose precision
-  in). Integer ``x`` for integrated gradients and float/bool ``idx`` for the lens are documented errors.
+  in). Integer ``x`` for integrated gradients and float/bool ``idx`` for the lens are documented errors. The
+  default baseline must land on x's device too (meta). The lens must not return an inference tensor.
 - Sizes (2): integrated gradients with B = 0, rows of shape (), (n,) and (n, m), steps = 1; rollout with no
   batch axis, T = 0 and T = 1, one layer; the lens with B = 1, T = 1 and T = max_len (an empty batch is not
   promised by MiniGPT, so not by the lens).
-- Bools for ints (10): ``steps=True`` is rejected as documented; NumPy integers are accepted.
+- Bools for ints (10): ``steps=True`` is rejected as documented; NumPy integers are accepted, and so are int32
+  token ids for the lens. Every error case also fails a learner who raises another exception or none; a
+  ValueError of the lens must leave the model's modes and hooks as they were.
 """
 
 from __future__ import annotations
@@ -79,6 +82,21 @@ def _assert_untouched(call: str, name: str, before: dict, after: torch.Tensor, c
 def _names(message: str, *spellings) -> bool:
     """Does ``message`` contain one of ``spellings`` (strings, or compiled patterns)?"""
     return any(s.search(message) if isinstance(s, re.Pattern) else s in message for s in spellings)
+
+
+def _value_error(call: str, run, case: str) -> str:
+    """The message of the ValueError that ``run()`` must raise; any other outcome fails with a helpful message."""
+    because = f"\nBecause the docstring makes {case} a ValueError that names the problem."
+    try:
+        result = run()
+    except ValueError as error:
+        return str(error)
+    except NotImplementedError:  # the stub, not yet written
+        raise
+    except Exception as error:  # noqa: BLE001 - any other exception is the learner's, reported as such
+        raise AssertionError(f"Called {call}. It raised {type(error).__name__}({str(error)!r}); expected a "
+                             f"ValueError, raised by your own check before the work starts.{because}") from None
+    raise AssertionError(f"Called {call}. It returned {describe(result)}; expected a ValueError.{because}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,9 +201,9 @@ def ig_linear_cases(draw):
         x[0] *= 1e4  # one row of huge values: the others must not care
     if draw(st.booleans()):
         x = _strided_copy(x)
-    kind = draw(st.sampled_from(["default", "full", "shared", "zeros"]))
+    kind = draw(st.sampled_from(["default", "full", "shared", "one row", "zeros"]))
     shared = randn(gen, *row) if row else torch.randn((), generator=gen, dtype=DT)  # one row's shape (*S)
-    baseline = {"default": "default", "full": randn(gen, B, *row), "shared": shared,
+    baseline = {"default": "default", "full": randn(gen, B, *row), "shared": shared, "one row": shared[None],
                 "zeros": torch.zeros(B, *row, dtype=DT)}[kind]
     steps = draw(st.sampled_from(["default", 1, 2, 5, np.int64(3)]))
     n = int(np.prod(row)) if row else 1
@@ -251,6 +269,38 @@ def test_ig_defaults_are_zero_baseline_and_50_steps(impl):
     assert_close(result, expected, call=call, **TIGHT,
                  because="a baseline of one row's shape (*S) is shared by every row of x, and steps still defaults "
                          "to 50.")
+    call = format_call("integrated_gradients", (f, x), {"baseline": shared[None]})
+    try:
+        _, result = _call_ig(impl, f, x, shared[None])
+    except ValueError as error:
+        raise AssertionError(
+            f"Called {call}. It raised ValueError({str(error)!r}); expected attributions.\nBecause a baseline of shape "
+            f"(1, *S) = {tuple(shared[None].shape)} broadcasts to x's shape {tuple(x.shape)}, and the docstring allows "
+            "any baseline that broadcasts: check with torch.broadcast_shapes(baseline.shape, x.shape) == x.shape, not "
+            "by comparing with x.shape or x.shape[1:] only."
+        ) from None
+    assert_close(result, expected, call=call, **TIGHT,
+                 because="a (1, *S) baseline broadcasts to every row of x, like a (*S) one.")
+
+
+@pytest.mark.exercise("integrated_gradients")
+@pytest.mark.parametrize("steps", [np.int64(3), np.int32(2)], ids=["np.int64(3)", "np.int32(2)"])
+def test_ig_accepts_numpy_integer_steps(impl, steps):
+    gen = generator(int(steps))
+    x, baseline = randn(gen, 2, 3), randn(gen, 2, 3)
+    f = _power(3, (3,))
+    call, _ = _ig_call(f, x, baseline, steps)
+    try:
+        _, result = _call_ig(impl, f, x, baseline, steps)
+    except ValueError as error:
+        raise AssertionError(
+            f"Called {call}. It raised ValueError({str(error)!r}); expected attributions.\nBecause a NumPy integer is "
+            "an integer too (the docstring accepts Python and NumPy integers): test isinstance(steps, "
+            "numbers.Integral) and reject bool separately, not isinstance(steps, int)."
+        ) from None
+    n = int(steps)
+    assert_close(result, x**3 - baseline**3 - (x - baseline) ** 3 / (4 * n**2), call=call, **TIGHT,
+                 because=f"steps={steps!r} means {n} midpoints, exactly like steps={n}.")
 
 
 # (seed, B, number of waves): deterministic smooth cases whose midpoint error is well inside its asymptotic regime
@@ -371,6 +421,19 @@ def test_ig_float32_and_meta(impl):
         f"Called {call}. Returned a tensor on {result.device}; expected the meta device.\nBecause new tensors (the "
         "points a_k) must be made on x's device: torch.arange(steps, dtype=x.dtype, device=x.device)."
     )
+    call, _ = _ig_call(f, meta, "default", 4)
+    try:
+        _, result = _call_ig(impl, f, meta, steps=4)
+    except RuntimeError as error:
+        raise AssertionError(
+            f"Called {call}. It raised RuntimeError({str(error)!r}).\nBecause the default baseline is a new tensor "
+            "too and must be made where x lives: torch.zeros_like(x), not torch.zeros(x.shape), which is made on "
+            "the CPU."
+        ) from None
+    assert result.device.type == "meta", (
+        f"Called {call}. Returned a tensor on {result.device}; expected the meta device.\nBecause the default "
+        "baseline must be made where x lives: torch.zeros_like(x)."
+    )
 
 
 def _bad_f_rows(z):
@@ -386,9 +449,17 @@ IG_ERRORS = {
     "0-d x": ({"x": torch.tensor(1.0, dtype=DT)}, ()),
     "baseline of shape (2,)": ({"baseline": torch.zeros(2, dtype=DT)}, ("(2,)", "[2]")),
     "baseline of shape (4, 3)": ({"baseline": torch.zeros(4, 3, dtype=DT)}, ("(4, 3)", "[4, 3]")),
+    # broadcasts WITH x, but to (2, 2, 3), not to x's shape (2, 3)
+    "baseline of shape (2, 2, 3)": ({"baseline": torch.zeros(2, 2, 3, dtype=DT)}, ("(2, 2, 3)", "[2, 2, 3]")),
     "f returns a number": ({"f": RowFunction("float(sum(z))", lambda z: float(z.detach().sum()), (3,))}, ("float",)),
     "f returns (N, 1)": ({"f": RowFunction("sum(z**2), kept as (N, 1)", _bad_f_rows, (3,))},
                          (re.compile(r"[(\[]\d+, 1[)\]]"),)),  # (12, 1) for one call with every point, (2, 1) per step
+    # one number for the whole batch: the gradients would even come out right, but the docstring asks for (N,)
+    "f returns a 0-d tensor": ({"f": RowFunction("sum(z**2) over the whole batch", lambda z: (z**2).sum(), (3,))},
+                               ("()", "[]", "0-d", "scalar")),
+    # (3 N,) for N rows: 36 for one call with all 6 * 2 points, 6 for one call per step, 3 for one row per call
+    "f returns (3 N,)": ({"f": RowFunction("z**2 flattened, not summed", lambda z: (z**2).flatten(), (3,))},
+                         (re.compile(r"[(\[](36|6|3),?[)\]]"),)),
 }
 
 
@@ -400,10 +471,9 @@ def test_ig_rejects_invalid_arguments(impl, case):
     if case == "0-d x":
         args["f"] = RowFunction("z**2", lambda z: z**2, ())
     call = format_call("integrated_gradients", (), args)
-    with pytest.raises(ValueError) as info:
-        impl.integrated_gradients(**args)
-    assert not named or _names(str(info.value), *named), (
-        f"Called {call}. It raised ValueError({str(info.value)!r}), which does not name the offending value; "
+    message = _value_error(call, lambda: impl.integrated_gradients(**args), case)
+    assert not named or _names(message, *named), (
+        f"Called {call}. It raised ValueError({message!r}), which does not name the offending value; "
         f"expected one of {named} in the message (the docstring: {case} is a ValueError that names it)."
     )
 
@@ -607,12 +677,20 @@ def test_rollout_keeps_dtype_and_device(impl, dtype):
     )
 
 
+def _eyes(*shapes) -> list[torch.Tensor]:
+    return [torch.eye(shape[-1], dtype=DT).expand(shape) for shape in shapes]
+
+
+# case: (attentions, what the message must name: every group, each by one of its spellings)
 ROLLOUT_ERRORS = {
     "no layers": ([], ()),
-    "a layer without a head axis (T, T)": ([torch.eye(3, dtype=DT)], ("(3, 3)", "[3, 3]")),
-    "3 queries but 4 keys": ([torch.ones(2, 3, 4, dtype=DT) / 4], ("(2, 3, 4)", "[2, 3, 4]")),
-    "layers of different shapes": ([torch.eye(3, dtype=DT).expand(2, 3, 3), torch.eye(4, dtype=DT).expand(2, 4, 4)],
-                                   ("(2, 4, 4)", "[2, 4, 4]")),
+    "a layer without a head axis (T, T)": ([torch.eye(3, dtype=DT)], (("(3, 3)", "[3, 3]"),)),
+    "3 queries but 4 keys": ([torch.ones(2, 3, 4, dtype=DT) / 4], (("(2, 3, 4)", "[2, 3, 4]"),)),
+    "layers of different shapes": (_eyes((2, 3, 3), (2, 4, 4)),
+                                   (("(2, 4, 4)", "[2, 4, 4]"), (re.compile(r"\b1\b"), "second"))),
+    # the same T, but layer 2 has 4 heads where the others have 3: different shapes all the same
+    "layer 2 with another number of heads": (_eyes((3, 3, 3), (3, 3, 3), (4, 3, 3)),
+                                             (("(4, 3, 3)", "[4, 3, 3]"), (re.compile(r"\b2\b"), "third"))),
 }
 
 
@@ -621,11 +699,12 @@ ROLLOUT_ERRORS = {
 def test_rollout_rejects_invalid_attentions(impl, case):
     attentions, named = ROLLOUT_ERRORS[case]
     call = f"attention_rollout([{', '.join(describe(a) for a in attentions)}])"
-    with pytest.raises(ValueError) as info:
-        impl.attention_rollout(attentions)
-    assert not named or _names(str(info.value), *named), (
-        f"Called {call}. It raised ValueError({str(info.value)!r}), which does not name the problem; expected one "
-        f"of {named} in the message."
+    message = _value_error(call, lambda: impl.attention_rollout(attentions), case)
+    missing = [group for group in named if not _names(message, *group)]
+    assert not missing, (
+        f"Called {call}. It raised ValueError({message!r}), which does not name the problem; expected in the "
+        f"message one of each of {missing} (the docstring: layers of different shapes name the layer, by its index "
+        "and its shape)."
     )
 
 
@@ -712,6 +791,11 @@ def _call_lens(impl, model: nn.Module, idx: torch.Tensor):
         f"Called {call}. The result requires grad.\nBecause the lens is a reading, not training: run it under "
         "torch.no_grad(), so no graph of the whole model is kept alive."
     )
+    assert not result.is_inference(), (
+        f"Called {call}. The result is an inference tensor (made under torch.inference_mode()).\nBecause the "
+        "docstring asks for torch.no_grad(): a caller cannot use an inference tensor in any computation that "
+        "autograd records later (a loss on the lens's logits, say), nor change it in place."
+    )
     return call, result
 
 
@@ -756,6 +840,18 @@ def test_lens_last_entry_is_the_models_logits(impl, mini_gpt):
     assert_close(result[-1], logits, call=f"{call}[-1]", rtol=0, atol=1e-12,
                  because="after the last block the lens IS the model's forward: ln_f, then the head, once.",
                  cause=_lens_cause(model, idx, result))
+    ids32 = idx.to(torch.int32)
+    call = _lens_call(model, ids32)
+    try:
+        _, result32 = _call_lens(impl, model, ids32)
+    except ValueError as error:
+        raise AssertionError(
+            f"Called {call}. It raised ValueError({str(error)!r}); expected the lens.\nBecause int32 token ids are "
+            "integer ids too (nn.Embedding takes them): reject floating point, complex and bool idx, not every dtype "
+            "but int64."
+        ) from None
+    assert_close(result32, result, call=call, rtol=0, atol=0,
+                 because="the same token ids as int32 give the same lens as int64.")
 
 
 @pytest.mark.exercise("logit_lens")
@@ -786,8 +882,19 @@ def test_lens_leaves_no_hooks_no_graph_and_no_grads(impl, mini_gpt):
     seen = []
     model.blocks[0].register_forward_hook(lambda module, args, out: seen.append("block 0"))
     model.register_forward_pre_hook(lambda module, args: seen.append("model"))
+    model.pos_emb.requires_grad_(False)  # the caller froze some parameters ...
+    model.ln_f.weight.requires_grad_(False)
+    model.blocks[1].attn.qkv.weight.grad = torch.full_like(model.blocks[1].attn.qkv.weight, 3.0)  # ... and has grads
+    grads_before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     hooks, flags = _hooks(model), {n: p.requires_grad for n, p in model.named_parameters()}
     idx = torch.randint(0, V, (1, 4), generator=generator(7))
+    with torch.no_grad():
+        call, _ = _call_lens(impl, model, idx)
+        still_off = not torch.is_grad_enabled()
+    assert still_off, (
+        f"Called {call} inside torch.no_grad(). Afterwards grad mode is on: use `with torch.no_grad():`, which "
+        "restores the caller's mode, not torch.set_grad_enabled(False) ... torch.set_grad_enabled(True)."
+    )
     call, _ = _call_lens(impl, model, idx)
     assert torch.is_grad_enabled(), (
         f"Called {call}. Afterwards grad mode is off: use `with torch.no_grad():`, which restores the caller's mode, "
@@ -805,10 +912,14 @@ def test_lens_leaves_no_hooks_no_graph_and_no_grads(impl, mini_gpt):
         "the caller's hooks must still work."
     )
     changed = {n: (flags[n], p.requires_grad) for n, p in model.named_parameters() if p.requires_grad != flags[n]}
-    grads = [n for n, p in model.named_parameters() if p.grad is not None]
+    grads = {n: "set" if n not in grads_before else "cleared" if p.grad is None else "changed"
+             for n, p in model.named_parameters()
+             if (p.grad is None) != (n not in grads_before) or n in grads_before and p.grad is not None
+             and not torch.equal(p.grad, grads_before[n])}
     assert not changed and not grads, (
-        f"Called {call}. Afterwards requires_grad changed for {changed} and .grad is set on {grads}; the lens must "
-        "leave the parameters as they were (torch.no_grad() is all it needs)."
+        f"Called {call}. Afterwards requires_grad changed for {changed} (before, after) and .grad changed on {grads} "
+        f"(the caller had frozen pos_emb and ln_f.weight and had a .grad on {sorted(grads_before)}); the lens must "
+        "leave the parameters as they were: torch.no_grad() is all it needs, no requires_grad_() and no zero_grad()."
     )
 
 
@@ -837,11 +948,19 @@ LENS_ERRORS = {
 @pytest.mark.parametrize("case", list(LENS_ERRORS), ids=list(LENS_ERRORS))
 def test_lens_rejects_invalid_idx(impl, mini_gpt, case):
     idx, named = LENS_ERRORS[case]
-    model = _model(mini_gpt, 1, num_layers=1)
+    model = _model(mini_gpt, 1, num_layers=1).train()
+    model.register_forward_hook(lambda module, args, out: None)  # the caller's own hook
+    modes, hooks = _modes(model), _hooks(model)
     call = _lens_call(model, idx)
-    with pytest.raises(ValueError) as info:
-        impl.logit_lens(model, idx)
-    assert not named or _names(str(info.value), *named), (
-        f"Called {call}. It raised ValueError({str(info.value)!r}), which does not name the offending value; "
+    message = _value_error(call, lambda: impl.logit_lens(model, idx), case)
+    assert not named or _names(message, *named), (
+        f"Called {call}. It raised ValueError({message!r}), which does not name the offending value; "
         f"expected one of {named} in the message."
+    )
+    changed = [name for name, mode in _modes(model).items() if mode != modes[name]]
+    assert not changed and _hooks(model) == hooks, (
+        f"Called {call}. It raised the ValueError, but left the model changed: {len(changed)} modules changed their "
+        f"train/eval mode {changed[:4]}{' ...' if len(changed) > 4 else ''}, hooks went from {hooks} to "
+        f"{_hooks(model)}.\nBecause the model must come back as it was also when the lens fails: "
+        "validate idx before touching the model, and restore modes and remove your hooks in a finally block."
     )

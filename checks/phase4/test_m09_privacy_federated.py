@@ -16,9 +16,13 @@ Checklist notes (CONTRACTS.md items that do not apply, and why):
 - Structure of modules (7): no exercise builds a module. ``per_sample_grads`` must respect the model's
   structure: frozen parameters left out, a tied weight listed once with the gradient of both its uses.
 - Inputs not modified (1): ``dp_sgd_step`` changes the model by design (one optimizer step, ``.grad``); the
-  checks pin both exactly, and that ``x``, ``y``, the mode and frozen parameters are untouched.
-- Bools for ints (10): no argument is an int. A bool weight is rejected by ``fedavg`` as documented; the
-  float arguments of ``dp_sgd_step`` promise nothing about bools.
+  checks pin both exactly, and that ``x``, ``y``, the mode, frozen parameters and their ``.grad`` are untouched.
+- Bools for ints (10): no argument is an int. A bool weight is rejected by ``fedavg`` as documented, NumPy
+  numbers are accepted as weights; the float arguments of ``dp_sgd_step`` accept ints (1 and 0) and promise
+  nothing about bools, and a string or None there is a ValueError. Every error case also fails a learner who
+  raises another exception or none.
+- Batch of one: ``per_sample_grads`` must hand the model and the loss a batch of ONE example (checked with a
+  model and a loss that assert it), not an unbatched example.
 - Sizes (2): ``fedavg`` with one client, 0-dimensional and size-0 tensors, empty state dicts;
   ``per_sample_grads`` with B = 0 and B = 1; ``dp_sgd_step`` with B = 1, and B = 0 is a documented error.
 - Numerics (9): extreme-but-legal values here are gradients much longer and much shorter than C in one batch
@@ -30,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,6 +73,21 @@ def _dict_problem(actual, expected: dict, rtol: float, atol: float) -> str | Non
 
 def _matches(expected: dict, rtol: float = 1e-10, atol: float = 1e-12):
     return lambda result: _dict_problem(result, expected, rtol, atol) is None
+
+
+def _value_error(call: str, run, what: str) -> str:
+    """The message of the ValueError that ``run()`` must raise; any other outcome fails with a helpful message."""
+    because = f"\nBecause the docstring makes {what} a ValueError that names the offending value."
+    try:
+        result = run()
+    except ValueError as error:
+        return str(error)
+    except NotImplementedError:  # the stub, not yet written
+        raise
+    except Exception as error:  # noqa: BLE001 - any other exception is the learner's, reported as such
+        raise AssertionError(f"Called {call} ({what}). It raised {type(error).__name__}({str(error)!r}); expected a "
+                             f"ValueError from your own check.{because}") from None
+    raise AssertionError(f"Called {call} ({what}). It returned {describe(result)}; expected a ValueError.{because}")
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -198,8 +218,16 @@ def test_fedavg_known_values_and_weight_forms(impl):
     a = {"w": torch.tensor([0.0, 4.0], dtype=DT), "steps": torch.tensor(3)}
     b = {"w": torch.tensor([8.0, 0.0], dtype=DT), "steps": torch.tensor(5)}
     expected = {"w": torch.tensor([6.0, 1.0], dtype=DT), "steps": torch.tensor(3)}
-    for weights in ([1, 3], [10, 30], (0.25, 0.75), torch.tensor([1, 3]), torch.tensor([0.5, 1.5], dtype=DT)):
-        result = _call_fedavg(impl, [a, b], weights)
+    for weights in ([1, 3], [10, 30], (0.25, 0.75), torch.tensor([1, 3]), torch.tensor([0.5, 1.5], dtype=DT),
+                    [np.int64(10), np.int64(30)], (np.float32(0.25), np.float64(0.75))):
+        try:
+            result = _call_fedavg(impl, [a, b], weights)
+        except ValueError as error:
+            raise AssertionError(
+                f"Called {_fedavg_call([a, b], weights)}. It raised ValueError({str(error)!r}); expected the average.\n"
+                "Because NumPy numbers are numbers too (a size from len() or from an array's .sum()): accept every "
+                "numbers.Real that is not a bool, not only int and float."
+            ) from None
         problem = _dict_problem(result, expected, 1e-12, 1e-14)
         assert problem is None, (
             f"Called {_fedavg_call([a, b], weights)}.\nReturned a result that differs: {problem}.\nBecause the weights "
@@ -343,6 +371,11 @@ def _bad_fedavg_cases():
         ("other shapes", [a, {"w": torch.ones(3, 2, dtype=DT), "b": b["b"]}], [1, 1], "w"),
         ("shapes that broadcast", [a, {"w": b["w"], "b": torch.ones(1, 3, dtype=DT)}], [1, 1], "b"),
         ("other dtypes", [a, {"w": b["w"], "b": b["b"].float()}], [1, 1], "b"),
+        # integer entries are not averaged, but they must match between clients all the same
+        ("counters of other dtypes",
+         [{**a, "steps": torch.tensor(3)}, {**b, "steps": torch.tensor(5, dtype=torch.int32)}], [1, 1], "steps"),
+        ("counters of other shapes", [{**a, "steps": torch.tensor(3)}, {**b, "steps": torch.tensor([5])}], [1, 1],
+         "steps"),
         ("too few weights", [a, b], [1], "1"),
         ("too many weights", [a, b], [1, 2, 3], "3"),
         ("a negative weight", [a, b], [3, -1], "-1"),
@@ -353,7 +386,10 @@ def _bad_fedavg_cases():
         ("a string weight", [a, b], ["3", 2], "3"),
         ("bool weights in a tensor", [a, b], torch.tensor([True, True]), None),
         ("a negative weight in a tensor", [a, b], torch.tensor([2.0, -0.5]), "-0.5"),
+        ("a nan weight in a tensor", [a, b], torch.tensor([1.0, float("nan")]), "nan"),
+        ("an inf weight in a tensor", [a, b], torch.tensor([float("inf"), 1.0], dtype=DT), "inf"),
         ("2-D weights", [a, b], torch.ones(2, 1), None),
+        ("0-d weights", [a], torch.tensor(1.0), None),
     ]
 
 
@@ -362,11 +398,10 @@ def _bad_fedavg_cases():
                          ids=[case[0] for case in _bad_fedavg_cases()])
 def test_fedavg_rejects_bad_input(impl, what, states, weights, named):
     call = _fedavg_call(states, weights)
-    with pytest.raises(ValueError) as info:
-        impl.fedavg(states, weights)
+    message = _value_error(call, lambda: impl.fedavg(states, weights), what)
     if named is not None:
-        assert named in str(info.value), (
-            f"Called {call} ({what}). The ValueError says {str(info.value)!r}; it must name the offending value "
+        assert named in message, (
+            f"Called {call} ({what}). The ValueError says {message!r}; it must name the offending value "
             f"{named}."
         )
 
@@ -494,6 +529,39 @@ def test_per_sample_grads_of_a_token_model_with_tied_weights(impl, seed, batch):
     targets = torch.randint(0, 7, (batch, 5), generator=gen)
     result = _check_psg(impl, model, _token_loss, ids, targets, "cross_entropy over tokens")
     assert list(result) == ["embed.weight", "norm.weight", "norm.bias"]
+
+
+class BatchOfOne(nn.Module):
+    """Wraps a model; fails, with a message for the learner, unless it is called on a batch of ONE example."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dim() == 2 and x.shape[0] == 1, (
+            f"per_sample_grads called the model on an input of shape {tuple(x.shape)}; expected (1, 4), a batch of "
+            "ONE example.\nBecause the docstring calls model(x[i:i+1]): inside vmap each example comes without its "
+            "batch dimension, so give it back with xi.unsqueeze(0) (and yi.unsqueeze(0) for the loss). A model or a "
+            "loss that needs the batch dimension (flatten(1), a mean over dim 0) fails on an unbatched example."
+        )
+        return self.inner(x)
+
+
+def _batch_of_one_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    assert out.dim() == 2 and out.shape[0] == 1 and target.shape == (1,), (
+        f"per_sample_grads called loss_fn with output {tuple(out.shape)} and target {tuple(target.shape)}; expected "
+        "(1, 3) and (1,): loss_fn(model(x[i:i+1]), y[i:i+1]) sees a batch of ONE example (yi.unsqueeze(0))."
+    )
+    return F.cross_entropy(out, target)
+
+
+@pytest.mark.exercise("per_sample_grads")
+def test_per_sample_grads_call_the_model_and_loss_on_a_batch_of_one(impl):
+    gen = generator(14)
+    model = BatchOfOne(_classifier(14))
+    x, y = randn(gen, 3, 4), torch.tensor([2, 0, 1])
+    _check_psg(impl, model, _batch_of_one_loss, x, y, "cross-entropy that checks its batch of one")
 
 
 @pytest.mark.exercise("per_sample_grads")
@@ -697,6 +765,50 @@ def test_dp_sgd_zero_gradient_stays_zero(impl):
         "1, while g * C / ||g|| computes 0 / 0 = nan."
         + cause_line(_dp_cause(before, _squared_error, x, y, 0.1, 0.5, 0.0, 2, actual))
     )
+
+
+@pytest.mark.exercise("dp_sgd_step")
+def test_dp_sgd_leaves_frozen_grads_and_takes_int_arguments(impl):
+    gen = generator(15)
+    model = _classifier(15)
+    stale = torch.full_like(model[1].weight, 0.25)
+    model[1].weight.grad = stale.clone()  # the caller's .grad on a frozen parameter (not in the optimizer)
+    x, y = randn(gen, 4, 4, scale=2.0), torch.randint(0, 3, (4,), generator=gen)
+    before = copy.deepcopy(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    call = _dp_call(model, "F.cross_entropy", x, y, "torch.optim.SGD(<the trainable parameters>, lr=0.1)", 1, 0,
+                    generator(3))
+    try:
+        impl.dp_sgd_step(model, F.cross_entropy, x, y, optimizer, 1, 0, generator(3))
+    except ValueError as error:
+        raise AssertionError(
+            f"Called {call}. It raised ValueError({str(error)!r}); expected one step.\nBecause max_grad_norm=1 and "
+            "noise_multiplier=0 are finite numbers (> 0 and >= 0): accept any real number that is not a bool (and "
+            "not nan or inf), not only floats."
+        ) from None
+    frozen = model[1].weight.grad
+    assert frozen is not None and torch.equal(frozen, stale), (
+        f"Called {call} with a .grad of 0.25 everywhere on the frozen parameter '1.weight'. Afterwards its .grad is "
+        f"{describe(frozen)}.\nBecause parameters that do not require grad are left alone, their .grad too: set the "
+        "private gradient on the trainable parameters only, with no model.zero_grad() or p.grad = None on the others."
+        + cause_line(lambda: likely_cause(KATA, "dp_sgd_step", lambda f: _frozen_grad_after(f, before, x, y),
+                                          matches=lambda got: got is None if frozen is None
+                                          else got is not None and torch.equal(got, frozen)))
+    )
+    actual = _grads(model)
+    problem = _dict_problem(actual, _clipped_mean(before, F.cross_entropy, x, y, 1.0), **TIGHT)
+    assert problem is None, (
+        f"Called {call}.\nThe .grad differs from the mean of the clipped per-example gradients: {problem}.\nBecause "
+        "the integer arguments 1 and 0 mean C = 1.0 and sigma = 0.0."
+    )
+
+
+def _frozen_grad_after(candidate, model, x, y):
+    model = copy.deepcopy(model)
+    model[1].weight.grad = torch.full_like(model[1].weight, 0.25)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    candidate(model, F.cross_entropy, x.clone(), y.clone(), optimizer, 1, 0, generator(3))
+    return model[1].weight.grad
 
 
 def _normal_cdf(z: torch.Tensor) -> torch.Tensor:
@@ -907,6 +1019,8 @@ _BAD_DP = [
     ("negative sigma", {"noise_multiplier": -0.25}, "-0.25"),
     ("nan sigma", {"noise_multiplier": math.nan}, "nan"),
     ("infinite sigma", {"noise_multiplier": math.inf}, "inf"),
+    ("C given as a string", {"max_grad_norm": "1.0"}, "1.0"),
+    ("sigma None", {"noise_multiplier": None}, "None"),
     ("empty batch", {"x": torch.zeros(0, 4, dtype=DT), "y": torch.zeros(0, dtype=torch.long)}, None),
     ("mismatched batches", {"x": torch.zeros(3, 4, dtype=DT), "y": torch.zeros(2, dtype=torch.long)}, None),
 ]
@@ -922,13 +1036,12 @@ def test_dp_sgd_rejects_bad_input(impl, what, kwargs, named):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     call = _dp_call(model, "F.cross_entropy", args["x"], args["y"], _sgd_name(0.1), args["max_grad_norm"],
                     args["noise_multiplier"], generator(0))
-    with pytest.raises(ValueError) as info:
-        impl.dp_sgd_step(model, F.cross_entropy, args["x"], args["y"], optimizer, args["max_grad_norm"],
-                         args["noise_multiplier"], generator(0))
+    message = _value_error(call, lambda: impl.dp_sgd_step(model, F.cross_entropy, args["x"], args["y"], optimizer,
+                                                         args["max_grad_norm"], args["noise_multiplier"], generator(0)),
+                           what)
     if named is not None:
-        assert named in str(info.value), (
-            f"Called {call} ({what}). The ValueError says {str(info.value)!r}; it must name the offending value "
-            f"{named}."
+        assert named in message, (
+            f"Called {call} ({what}). The ValueError says {message!r}; it must name the offending value {named}."
         )
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters(), strict=True)), (
         f"Called {call} ({what}). It raised, but only after changing the model: validate first."

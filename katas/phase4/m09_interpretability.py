@@ -144,6 +144,7 @@ def logit_lens(model: nn.Module, idx: Tensor) -> Tensor:
     - Read the model in eval mode (dropout would make the lens random), then give every module its own mode
       back: if the caller had the model in training mode with one block in eval mode, both stay as they were
       (``model.train(was_training)`` would change that block too; remember ``module.training`` of each module).
+      This holds also when the lens raises a ``ValueError``: check ``idx`` before you touch the model.
     - No graph: compute under ``torch.no_grad()``, so the result does not require grad and the caller's grad
       mode is unchanged afterwards. The model's parameters, their ``requires_grad`` and ``idx`` are not
       modified.
