@@ -915,7 +915,7 @@ def test_sliding_window_mask_rejects_bad_arguments(impl):
 
 @pytest.mark.perf
 @pytest.mark.exercise("flash_attention")
-def test_flash_attention_time_and_memory_against_sdpa(impl, benchmark):
+def test_flash_attention_time_and_memory_against_sdpa(impl, benchmark, bench_report):
     """flash_attention vs torch's SDPA on the CPU, float32, T = 1024: time against SDPA's fastest CPU kernel, and
     the largest tensor each allocates (views of q, k, v left out) against SDPA's math path, which builds the scores.
     """
@@ -952,6 +952,9 @@ def test_flash_attention_time_and_memory_against_sdpa(impl, benchmark):
         f"flash {flash_largest[1]} "
         f"({flash_largest[2]:,} numbers) vs SDPA math {math_largest[1]} ({math_largest[2]:,}): {ratio:.1f}x smaller"
     )
+    bench_report(f"flash attention at T={T}, block {block}, causal, float32: {flash_time * 1e3:.1f} ms vs SDPA "
+                 f"{min(sdpa_times) * 1e3:.1f} ms ({flash_time / min(sdpa_times):.1f}x the time); largest tensor "
+                 f"{flash_largest[2]:,} numbers vs SDPA math's {math_largest[2]:,} ({ratio:.1f}x smaller)")
     assert ratio >= T // block / 2, (
         f"flash_attention's largest allocation {flash_largest[1]} is only {ratio:.1f}x smaller than SDPA math's "
         f"{math_largest[1]}; with tiles of {block} it should be about {T // block}x smaller."
