@@ -285,6 +285,12 @@ def validation_loss_generator_style(model, data, block_size, batch_size=256):
 def validation_loss_needs_a_parameter(): ...
 
 
+@mutant("validation_loss", "the windows keep data's dtype: int32 ids reach the model, which was promised int64",
+        replace={"xb = x[start : start + batch_size].to(device=device, dtype=torch.long)":
+                 "xb = x[start : start + batch_size].to(device=device)"})
+def validation_loss_keeps_int32(): ...
+
+
 @mistake("validation_loss", "the error messages name the value but not the argument: `must be at least 1; got 0` "
          "does not say whether block_size or batch_size is wrong")
 def validation_loss_unnamed_errors(model, data, block_size, batch_size=256):
@@ -481,6 +487,11 @@ def capstone_never_steps(): ...
 @mutant("train_capstone", "token_budget < block_size is not refused", replace={
     "if token_budget < block_size:": "if token_budget < 0:"})
 def capstone_accepts_tiny_budget(): ...
+
+
+@mutant("train_capstone", "MiniGPT is built without max_len=block_size: its default (1024) refuses longer windows",
+        replace={"r.ff_dim, block_size, dropout=0.0)": "r.ff_dim, dropout=0.0)"})
+def capstone_default_max_len(): ...
 
 
 @mutant("train_capstone", "a budget of exactly one window is refused (<= instead of <)", replace={

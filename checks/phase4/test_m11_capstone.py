@@ -147,6 +147,12 @@ def test_validation_loss_equals_a_loop_over_every_window(impl, case):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in pristine_state.items()), (
         f"Called {call}. It changed the model's parameters; evaluation must leave the weights alone."
     )
+    dtypes = sorted({str(c["dtype"]) for c in model.calls})
+    assert dtypes == ["torch.int64"], (
+        f"Called {call} with {data.dtype} ids. The model got windows of dtype {', '.join(dtypes)}; expected "
+        "torch.int64 only: the docstring promises model(x) an int64 tensor (an embedding or a model from another "
+        "library may refuse int32 ids)."
+    )
 
 
 @pytest.mark.exercise("validation_loss")
@@ -340,15 +346,15 @@ def test_validation_loss_rejects_bad_arguments(impl):
     shape_5_6 = r"\(5, 6\)|\[5, 6\]|tensor\(\[\["  # the shape (a tuple or a torch.Size), or the tensor itself
     cases = [  # (args, kwargs, patterns the message must match: the argument's name and the offending value)
         ((data[:8], 8), {}, ("8",)),  # 8 tokens: a window of 8 needs 9
-        ((data, 9), {}, ("block_size", "9")),  # longer than max_len=8
-        ((data.view(5, 6), 4), {}, ("data", shape_5_6)),
-        ((data.tolist(), 4), {}, ("data", r"list|\[0, 1, 2, 3")),  # its type, or the list itself
-        ((data.double(), 4), {}, ("data", "float|integer|int")),
-        ((data, 0), {}, ("block_size", "0")),
-        ((data, 4), {"batch_size": 0}, ("batch_size", "0")),
-        ((data, True), {}, ("block_size", "True")),
-        ((data, 4.0), {}, ("block_size", r"4\.0")),
-        ((data, 4), {"batch_size": 2.0}, ("batch_size", r"2\.0")),
+        ((data, 9), {}, (r"\bblock_size\b", "9")),  # longer than max_len=8
+        ((data.view(5, 6), 4), {}, (r"\bdata\b", shape_5_6)),
+        ((data.tolist(), 4), {}, (r"\bdata\b", r"list|\[0, 1, 2, 3")),  # its type, or the list itself
+        ((data.double(), 4), {}, (r"\bdata\b", "float|integer|int")),
+        ((data, 0), {}, (r"\bblock_size\b", "0")),
+        ((data, 4), {"batch_size": 0}, (r"\bbatch_size\b", "0")),
+        ((data, True), {}, (r"\bblock_size\b", "True")),
+        ((data, 4.0), {}, (r"\bblock_size\b", r"4\.0")),
+        ((data, 4), {"batch_size": 2.0}, (r"\bbatch_size\b", r"2\.0")),
     ]
     for args, kwargs, patterns in cases:
         call = format_call("validation_loss", ("<model with max_len 8>", *args), kwargs)
@@ -639,6 +645,23 @@ def test_train_capstone_default_block_size_is_64(impl):
     )
 
 
+@pytest.mark.exercise("train_capstone")
+def test_train_capstone_takes_windows_longer_than_minigpts_default_max_len(impl):
+    T = 1100  # MiniGPT's max_len defaults to 1024
+    stream, _ = _cycle(TINY_V, 3 * T, 6)
+    call = f"train_capstone(get_batch, {TINY_V}, token_budget={T}, block_size={T})"
+    model = _train(impl, _Batches(stream, T, T), TINY_V, call, block_size=T)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(stream[:T][None])
+    except Exception as err:  # noqa: BLE001 - any error here is the wrong answer, reported as such
+        pytest.fail(f"Called {call}, then model(1 x {T} ids): it raised {type(err).__name__}({err}). The model must "
+                    f"take windows of block_size tokens: build it with max_len=block_size (MiniGPT's default is 1024).")
+    assert tuple(logits.shape) == (1, T, TINY_V), (
+        f"Called {call}, then model(1 x {T} ids): got shape {tuple(logits.shape)}, expected {(1, T, TINY_V)}."
+    )
+
+
 def _whole_split_loss(model: nn.Module, data: torch.Tensor, T: int, batch: int = 256) -> float:
     """The checks' own measurement: the token-weighted loss over every window of ``data`` (eval, no grad)."""
     windows = (data.numel() - 1) // T
@@ -734,18 +757,19 @@ def _rng_cause(stream, budget):
 @pytest.mark.exercise("train_capstone")
 def test_train_capstone_rejects_bad_arguments(impl):
     stream, _ = _cycle(TINY_V, 400, 5)
-    cases = [  # (arguments changed, patterns the message must match: the argument's name and the offending value)
-        ({"vocab_size": 0}, ("vocab_size", "0")),
-        ({"token_budget": 0}, ("token_budget", "0")),
-        ({"token_budget": TINY_T - 1}, ("token_budget", str(TINY_T - 1))),
-        ({"block_size": 0}, ("block_size", "0")),
-        ({"token_budget": 1e3}, ("token_budget", r"1000\.0")),
-        ({"vocab_size": True}, ("vocab_size", "True")),
-        ({"block_size": 8.0}, ("block_size", r"8\.0")),
-        ({"seed": True}, ("seed", "True")),
-        ({"seed": 1.5}, ("seed", r"1\.5")),
+    cases = [  # (arguments changed, the argument whose name the message must hold, the offending value's pattern)
+        ({"vocab_size": 0}, "vocab_size", "0"),
+        ({"token_budget": 0}, "token_budget", "0"),
+        ({"token_budget": TINY_T - 1}, "token_budget", str(TINY_T - 1)),
+        ({"block_size": 0}, "block_size", "0"),
+        ({"token_budget": 1e3}, "token_budget", r"1000\.0"),
+        ({"vocab_size": True}, "vocab_size", "True"),
+        ({"block_size": 8.0}, "block_size", r"8\.0"),
+        ({"seed": True}, "seed", "True"),
+        ({"seed": 1.5}, "seed", r"1\.5"),
     ]
-    for change, patterns in cases:
+    for change, name, value in cases:
+        patterns = (rf"\b{name}\b", value)  # the name as a whole word: `XXseedXX` does not name `seed`
         kwargs = {"vocab_size": TINY_V, "token_budget": 4 * TINY_T, "block_size": TINY_T, **change}
         batches = _Batches(stream, TINY_T, 10**9)
         call = format_call("train_capstone", ("get_batch",), kwargs)

@@ -162,7 +162,7 @@ def train_capstone(
         ],
         betas=r.betas,
         eps=r.eps,
-        weight_decay=0.0,  # a short run: nothing to regularise
+        weight_decay=0.0,  # no decay for embeddings, gains and biases (Muon keeps its default of 0.1 on matrices)
     )
     optimizers = [muon, adamw]
     groups = [group for opt in optimizers for group in opt.param_groups]
