@@ -77,9 +77,28 @@ class KataResult:
     seconds: float = 0.0
 
 
+# Checks with these marks never run under mutation testing, so their code cannot change a run's result.
+UNMUTATED_MARKS = {"perf", "gpu"}
+
+
+def _marks(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """The ``pytest.mark.<name>`` names a function is decorated with (``@pytest.mark.gpu``, ``@pytest.mark.x(...)``)."""
+    names = set()
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Attribute) and ast.unparse(target.value) == "pytest.mark":
+            names.add(target.attr)
+    return names
+
+
 def _code_only(source: str) -> str:
-    """The module's syntax tree without docstrings: comments and docstrings cannot change a mutation run."""
+    """The module's syntax tree without docstrings, and without benchmarks and GPU checks: comments, docstrings
+    and checks that mutation testing does not run cannot change a mutation run."""
     tree = ast.parse(source)
+    tree.body = [
+        node for node in tree.body
+        if not (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _marks(node) & UNMUTATED_MARKS)
+    ]
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -96,7 +115,8 @@ def _code_only(source: str) -> str:
 def fingerprint(kata: Kata) -> str:
     """sha256 over the code of the kata's reference and check files, the two files a mutation run depends on.
 
-    Only the code counts, so that rewording a docstring or a comment does not call for a new run.
+    Only the code that a mutation run executes counts, so that rewording a docstring or a comment, or changing a
+    benchmark or a GPU check, does not call for a new run.
     """
     digest = hashlib.sha256()
     for path in (paths.module_file(paths.REFERENCE_DIR, kata.phase, kata.id), kata.check_file):

@@ -38,7 +38,7 @@ from itertools import pairwise
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from checks.data import CorpusUnavailable, load_corpus
@@ -487,8 +487,9 @@ def test_bpe_exact_vocab_size(impl, vocab_size):
         )
 
 
-# '\x01' is byte 1: a token id that a trainer might also use as a marker for "merged away".
-_bpe_texts = st.text(alphabet="ab c\n\x01é", max_size=120)
+# '\x00' and '\x01' are bytes 0 and 1: token ids that a trainer might also use as markers ("no neighbour",
+# "merged away").
+_bpe_texts = st.text(alphabet="ab c\n\x00\x01é", max_size=120)
 
 
 @pytest.mark.exercise("BPETokenizer")
@@ -507,6 +508,10 @@ def test_bpe_merges_equal_the_recounting_trainer(impl, text, vocab_size):
 
 @pytest.mark.exercise("BPETokenizer")
 @given(text=st.one_of(_bpe_texts, st.text(alphabet="ab\x01", max_size=60)))
+# (b, a) merges first; then 'baaa' holds (a, a) once, at its last two bytes, and a search for it in the text
+# must also try the overlapping match there, not only the first 'aa' (inside the token 'ba' by now).
+@example(text="ba ba baaa")
+@example(text="ab\x00ab\x00ab\x00")  # byte 0 is a neighbour like any other, not a marker for "no token"
 def test_bpe_trains_until_the_last_pair(impl, text):
     expected = _naive_train(text, None)  # every merge the text allows, until a single token (or none) is left
     vocab_size = 256 + len(expected)
@@ -719,9 +724,14 @@ def _perf_corpus() -> tuple[str, str]:
 @pytest.mark.perf
 @pytest.mark.timeout(600)
 @pytest.mark.exercise("BPETokenizer")
-def test_bpe_trainer_is_faster_than_recounting(impl, benchmark):
+def test_bpe_trainer_is_faster_than_recounting(impl, reference, benchmark, bench_report):
     text, source = _perf_corpus()
     vocab_size = 512
+    # A learner's trainer must clear 5x; the project's own reference is held to 25x.
+    if impl is reference:
+        wanted, bar = 25, "the reference's bar: at least 25x"
+    else:
+        wanted, bar = 5, "your bar: at least 5x, aim for 20x"
 
     def train():
         tok = impl.BPETokenizer()
@@ -743,12 +753,14 @@ def test_bpe_trainer_is_faster_than_recounting(impl, benchmark):
     ratio = naive / fast
     print(
         f"\nBPE training on {source} ({len(text.encode('utf-8')):,} bytes), vocab_size={vocab_size}: "
-        f"yours {fast:.3f} s, recounting {naive:.3f} s, speed-up {ratio:.1f}x (wanted >= 5x, aim for 20x)"
+        f"yours {fast:.3f} s, recounting {naive:.3f} s, speed-up {ratio:.1f}x ({bar})"
     )
-    assert ratio >= 5, (
+    bench_report(f"BPE training on {source}, vocab_size={vocab_size}: {fast:.3f} s vs {naive:.3f} s for the trainer "
+                 f"that recounts every pair after each merge: {ratio:.1f}x faster ({bar})")
+    assert ratio >= wanted, (
         f"train took {fast:.2f} s against {naive:.2f} s for the trainer that recounts every pair after each merge "
-        f"({ratio:.1f}x); it must be at least 5x faster. Update only the counts of the pairs next to each "
-        "occurrence of the merged pair, and keep where each pair occurs."
+        f"({ratio:.1f}x); {bar}. Update only the counts of the pairs next to each occurrence of the merged pair, "
+        "and keep where each pair occurs."
     )
 
 

@@ -6,7 +6,7 @@ import heapq
 import math
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from itertools import pairwise
 
@@ -85,6 +85,19 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return out
 
 
+def _find_all(data: bytes, pattern: bytes) -> list[int]:
+    """Where the two-byte ``pattern`` starts in ``data``, overlapping matches included, in increasing order."""
+    if pattern[0] != pattern[1]:
+        # Such a pattern cannot overlap itself, so one regex scan finds every match: the search runs in C
+        # instead of one Python call per match.
+        return [m.start() for m in re.finditer(re.escape(pattern), data)]
+    found, i = [], data.find(pattern)  # b"aa" in b"aaa" starts at 0 AND 1: step one byte, not two
+    while i >= 0:
+        found.append(i)
+        i = data.find(pattern, i + 1)
+    return found
+
+
 class BPETokenizer:
     """Byte-level byte-pair encoding: 256 byte tokens plus one token per learned merge."""
 
@@ -96,18 +109,21 @@ class BPETokenizer:
         if vocab_size < 256:
             raise ValueError(f"vocab_size={vocab_size} is below 256, the number of byte tokens")
         num_merges = vocab_size - 256
-        ids = list(text.encode())  # str.encode is UTF-8
-        n = len(ids)
-        # The sequence as a linked list over the original byte positions: a token lives at the position
-        # of its first byte, so merging never shifts anything and position order stays text order.
-        # The ends are marked by the positions just outside the text: -1 before it, n after it.
-        tok = ids[:]
-        nxt = [i + 1 for i in range(n)]
-        prv = [i - 1 for i in range(n)]
-        counts: dict[tuple[int, int], int] = dict(Counter(pairwise(ids)))  # exact pair counts
-        where: defaultdict[tuple[int, int], list[int]] = defaultdict(list)  # pair -> left positions (a superset)
-        for i, pair in enumerate(pairwise(ids)):
-            where[pair].append(i)
+        data = text.encode()  # str.encode is UTF-8
+        n = len(data)
+        # The sequence lives on the original byte positions: tok[i] is the token that starts at byte i,
+        # or -1 inside a longer token, so merging never shifts anything. A token covers len(vocab[t])
+        # bytes, so the token after the one at i starts at i + len(vocab[tok[i]]): no "next" links.
+        # prv[i] is where the token before the one at i starts. The one extra slot (-1: no token) is
+        # both ends at once: index n just after the text, and index -1 (Python's last slot) before it.
+        tok = list(data) + [-1]
+        prv = list(range(-1, n))
+        # Exact pair counts. A Counter, because a step may lower a pair it creates before adding it
+        # ('abab': (new, a) loses the second occurrence's left side before gaining the first's right side).
+        counts = Counter(pairwise(data))
+        # Where each learned token was made, in text order: a superset of where it is now (some were merged
+        # away since). One list per TOKEN, not per pair: a merge then appends one position, not two.
+        made_at: dict[int, list[int]] = {}
         # Max-heap on (count, then smallest pair). Entries may be stale: a count only grows in the step
         # that creates its pair and only shrinks afterwards, so a stored count is an upper bound and a
         # stale top is simply pushed back with its current count.
@@ -133,33 +149,50 @@ class BPETokenizer:
             heapq.heappop(heap)
             new_id = 256 + rank
             a, b = pair
-            born: set[tuple[int, int]] = set()
+            # Candidate starts of the pair, checked below, in text order: for a pair (x, x) the order
+            # decides which of two overlapping occurrences merges ('aaa' -> [X, a]). A pair of two single
+            # bytes can only sit where the original text has those two bytes, so search the text in C
+            # rather than build an index of every position up front. Otherwise a learned token is
+            # involved: start from where it was made (for a learned b after the byte a: the byte before b).
+            if a >= 256:
+                starts = made_at[a]
+            elif b >= 256:
+                starts = [j - 1 for j in made_at[b] if tok[j] == b]
+            else:
+                starts = _find_all(data, bytes(pair))
+            len_a, len_b = len(vocab[a]), len(vocab[b])  # the byte widths: they replace "next" links
+            made, lefts, rights = [], [], []
             # Only the occurrences of the merged pair and their neighbours change: update just those
-            # counts instead of recounting the whole text after every merge.
-            for i in where.pop(pair):
+            # instead of recounting the whole text after every merge. The loop only records the
+            # neighbours (appending to a list is cheaper than updating a dict keyed by a tuple); the
+            # counts change afterwards, once per distinct neighbour, with Counter tallying the lists in C.
+            for i in starts:
                 if tok[i] != a:
-                    continue  # stale position, or consumed by an overlapping occurrence ('aaa')
-                j = nxt[i]
-                if j == n or tok[j] != b:
+                    continue  # merged away since, or consumed by an overlapping occurrence ('aaa')
+                j = i + len_a
+                if tok[j] != b:
                     continue
-                p, q = prv[i], nxt[j]
-                tok[i], tok[j] = new_id, -1  # -1 is no token: position j is gone
-                nxt[i] = q
-                if p >= 0:
-                    left = tok[p]
-                    counts[(left, a)] -= 1
-                    new_pair = (left, new_id)
-                    counts[new_pair] = counts.get(new_pair, 0) + 1
-                    where[new_pair].append(p)
-                    born.add(new_pair)
-                if q < n:
-                    right = tok[q]
-                    prv[q] = i
-                    counts[(b, right)] -= 1
-                    new_pair = (new_id, right)
-                    counts[new_pair] = counts.get(new_pair, 0) + 1
-                    where[new_pair].append(i)
-                    born.add(new_pair)
+                q = j + len_b
+                tok[i], tok[j] = new_id, -1  # position j is no token start any more
+                prv[q] = i
+                made.append(i)
+                lefts.append(tok[prv[i]])  # the neighbours as they are now (-1: the text ends there)
+                rights.append(tok[q])
+            made_at[new_id] = made
+            born = []
+            # (left, a) becomes (left, new) and (b, right) becomes (new, right). With the neighbours taken
+            # at the moment of each merge, the changes add up to the right totals even when occurrences
+            # touch ('abab': (b, a) is lost once, (new, new) gained once).
+            for left, c in Counter(lefts).items():
+                if left >= 0:
+                    counts[left, a] -= c
+                    counts[left, new_id] += c
+                    born.append((left, new_id))
+            for right, c in Counter(rights).items():
+                if right >= 0:
+                    counts[b, right] -= c
+                    counts[new_id, right] += c
+                    born.append((new_id, right))
             del counts[pair]  # the overlapping cases above may have decremented it: it is gone anyway
             for new_pair in born:
                 if counts[new_pair] > 0:

@@ -99,3 +99,15 @@ def test_the_fingerprint_sees_code_but_not_docstrings_or_comments():
     assert _code_only(source) == _code_only(source.replace("Doubles x.", "Twice x.").replace("# twice", "# 2x"))
     assert _code_only(source) != _code_only(source.replace("2 * x", "3 * x"))
     assert _code_only(source) != _code_only(source.replace('"""Doubles x."""', 'print("Doubles x.")'))
+
+
+def test_the_fingerprint_leaves_out_benchmarks_and_gpu_checks():
+    from checks.harness.mutants import _code_only
+
+    source = "import pytest\n\n\ndef test_fast():\n    assert 1\n"
+    bench = "\n\n@pytest.mark.perf\n@pytest.mark.exercise('x')\ndef test_speed(benchmark):\n    assert {n}\n"
+    gpu = "\n\n@pytest.mark.gpu\ndef test_cuda():\n    assert {n}\n"
+    slow = "\n\n@pytest.mark.slow\ndef test_training():\n    assert {n}\n"
+    assert _code_only(source + bench.format(n=1)) == _code_only(source + bench.format(n=2)) == _code_only(source)
+    assert _code_only(source + gpu.format(n=1)) == _code_only(source + gpu.format(n=2))
+    assert _code_only(source + slow.format(n=1)) != _code_only(source + slow.format(n=2))  # slow checks may run
