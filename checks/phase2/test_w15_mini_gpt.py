@@ -1317,6 +1317,10 @@ def test_generate_cached_equals_generate_step_by_step(impl, reference, seed, bat
     assert isinstance(result, tuple) and len(result) == 2, f"Called {call}; expected a pair (idx, logits)."
     out, logits = result
     assert torch.equal(given_idx, idx), f"Called {call}: it modified idx in place."
+    assert not out.is_inference() and not logits.is_inference(), (
+        f"Called {call}: it returned tensors made under torch.inference_mode(), which raise as soon as autograd "
+        "meets them (e.g. the ids as training data). Return ordinary tensors: clone() them after the with block."
+    )
     assert out.shape == expected.shape and logits.shape == expected_logits.shape, (
         f"Called {call}. Returned shapes {tuple(out.shape)} and {tuple(logits.shape)}, expected "
         f"{tuple(expected.shape)} and {tuple(expected_logits.shape)} (as generate's)."
@@ -1419,12 +1423,17 @@ def test_generate_cached_follows_idx_to_its_device(impl, reference):
 
 @pytest.mark.perf
 @pytest.mark.exercise("KVCache")
-def test_generate_cached_is_faster_than_generate(impl, reference, benchmark):
+def test_generate_cached_is_faster_than_generate(impl, reference, benchmark, bench_report):
     """generate_cached vs the uncached reference generate, 256 new tokens, 4-layer MiniGPT, CPU, one thread.
 
     Each benchmark round first times one uncached run (in pedantic's untimed setup), then the cached run, so
-    both see the same machine load; the ratio uses the best round of each.
+    both see the same machine load; the ratio uses the best round of each. A learner's cache must be 3x
+    faster; the reference itself, whose cached step cuts Python and autograd overhead too, must be 8x faster.
+    One thread whatever the cores: more threads speed up generate's long matrix products but not a cached
+    step's tiny ones, so the ratio would depend on the machine (and threads fighting for a busy machine's
+    cores make both far slower).
     """
+    torch.set_num_threads(1)  # the autouse fixture restores the thread count afterwards
     config = {
         "vocab_size": 64,
         "embed_dim": 192,
@@ -1454,14 +1463,24 @@ def test_generate_cached_is_faster_than_generate(impl, reference, benchmark):
     out = benchmark.pedantic(run_cached, setup=time_uncached, rounds=3, iterations=1)
     assert out.shape == (1, 16 + n), f"generate_cached returned shape {tuple(out.shape)}, expected (1, {16 + n})"
     ratio = min(uncached) / min(cached)
+    # The bars of CURRICULUM.md: 3x for a learner's cache, 8x for the reference's.
+    required, whose = (8, "the reference's bar") if impl is reference else (3, "the bar for your cache")
     print(
         f"\nKV cache, {n} new tokens after a 16-token prompt, MiniGPT(**{config}), float32, 1 thread: "
         f"generate {n / min(uncached):.0f} tokens/s ({min(uncached):.2f} s), generate_cached "
-        f"{n / min(cached):.0f} tokens/s ({min(cached):.2f} s): speed-up {ratio:.1f}x (required >= 3x)"
+        f"{n / min(cached):.0f} tokens/s ({min(cached):.2f} s): speed-up {ratio:.1f}x (required >= {required}x, "
+        f"{whose})"
     )
-    assert ratio >= 3, (
+    bench_report(f"KV cache, {n} new tokens, 4-layer MiniGPT 192 wide, 1 thread: generate_cached {min(cached):.2f} s "
+                 f"vs generate {min(uncached):.2f} s: {ratio:.1f}x faster (required >= {required}x, {whose})")
+    hint = (
+        "The reference's step must also avoid per-token overhead: module calls, autograd bookkeeping, masks."
+        if impl is reference
+        else "Does each step run only the new token through the model?"
+    )
+    assert ratio >= required, (
         f"generate_cached took {min(cached):.3f} s for {n} tokens, generate (no cache) {min(uncached):.3f} s: only "
-        f"{ratio:.1f}x faster, expected at least 3x. Does each step run only the new token through the model?"
+        f"{ratio:.1f}x faster, expected at least {required}x ({whose}). {hint}"
     )
 
 

@@ -258,9 +258,13 @@ class KVCache:
     ) -> None:
         self.num_layers, self.max_len = num_layers, max_len
         shape = (num_layers, batch_size, num_heads, max_len, head_dim)
-        # Allocated once: appending writes into the buffer instead of re-allocating with torch.cat.
+        # Allocated once: a step writes its one new position in place. torch.cat would instead copy every
+        # cached position of every layer into a fresh tensor on each step (O(T) work per token, O(T^2) in all).
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Each layer's (B, nh, max_len, hs) view, taken once: indexing self.k[layer] on every update would
+        # cost two more tiny tensor operations per layer and token.
+        self._k_layers, self._v_layers = self.k.unbind(0), self.v.unbind(0)
         self.lengths = [0] * num_layers
 
     def __len__(self) -> int:
@@ -279,34 +283,46 @@ class KVCache:
         start, t = self.lengths[layer], k.shape[2]
         if start + t > self.max_len:
             raise ValueError(f"KVCache overflow: {start} cached + {t} new positions exceed max_len={self.max_len}")
-        self.k[layer, :, :, start:start + t] = k
-        self.v[layer, :, :, start:start + t] = v
+        k_layer, v_layer = self._k_layers[layer], self._v_layers[layer]  # (B, nh, max_len, hs)
+        k_layer.narrow(2, start, t).copy_(k)  # written in place, behind the cached positions
+        v_layer.narrow(2, start, t).copy_(v)
         self.lengths[layer] = start + t
-        return self.k[layer, :, :, :start + t], self.v[layer, :, :, :start + t]  # (B, nh, start + t, hs)
+        return k_layer.narrow(2, 0, start + t), v_layer.narrow(2, 0, start + t)  # (B, nh, start + t, hs)
 
     def reset(self) -> None:
         self.lengths = [0] * self.num_layers  # the stale values are overwritten before they are read
 
 
-def _forward_cached(model: MiniGPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Run ``idx`` (B, T), the tokens that follow the cached ones, through ``model``; returns (B, T, V)."""
+def _forward_cached(model: MiniGPT, idx: torch.Tensor, cache: KVCache, weights: list[dict]) -> torch.Tensor:
+    """Run ``idx`` (B, T), the tokens that follow the cached ones, through ``model``; returns (B, T, V).
+
+    MiniGPT.forward written out with functional calls on ``weights[i] = dict(model.blocks[i].named_parameters())``.
+    Decoding one token runs about 100 operations on vectors of a few hundred numbers, each done in microseconds,
+    so the Python around them sets the pace: an nn.Module call (hook checks, attribute lookups) costs about as
+    much as the arithmetic. In eval mode dropout is the identity, so it is left out.
+    """
     B, T = idx.shape
+    E, nh = model.embed_dim, model.num_heads
     start = len(cache)
     # New tokens sit at absolute positions start .. start + T - 1, not 0 .. T - 1.
-    x = model.drop(model.tok_emb(idx) + model.pos_emb.weight[start:start + T])  # (B, T, E)
+    x = model.tok_emb(idx) + model.pos_emb.weight[start:start + T]  # (B, T, E)
     # Query i (absolute start + i) may see every cached key and the new keys up to itself (True = attend).
-    mask = idx.new_ones(T, start + T, dtype=torch.bool).tril(diagonal=start)
-    for layer, block in enumerate(model.blocks):
-        attn = block.attn
-        E, nh = x.shape[-1], attn.num_heads
-        q, k, v = attn.qkv(block.ln1(x)).split(E, dim=2)
-        q, k, v = (t.view(B, T, nh, E // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+    # One new token may see every key: no mask, which saves building one on every step.
+    mask = None if T == 1 else idx.new_ones(T, start + T, dtype=torch.bool).tril(diagonal=start)
+    for layer, w in enumerate(weights):
+        # F.layer_norm's default eps is nn.LayerNorm's, the one MiniGPT's norms use.
+        h = F.layer_norm(x, (E,), w["ln1.weight"], w["ln1.bias"])
+        qkv = F.linear(h, w["attn.qkv.weight"], w["attn.qkv.bias"])  # (B, T, 3E)
+        q, k, v = qkv.view(B, T, 3, nh, E // nh).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
         k_all, v_all = cache.update(layer, k, v)  # (B, nh, start + T, hs)
         y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, E)
-        x = x + attn.resid_drop(attn.proj(y))
-        x = x + block.mlp(block.ln2(x))
-    return model.head(model.ln_f(x))  # (B, T, V)
+        y = y.transpose(1, 2).reshape(B, T, E)
+        x = x + F.linear(y, w["attn.proj.weight"], w["attn.proj.bias"])
+        h = F.layer_norm(x, (E,), w["ln2.weight"], w["ln2.bias"])
+        h = F.gelu(F.linear(h, w["mlp.0.weight"], w["mlp.0.bias"]))  # (B, T, ff_dim)
+        x = x + F.linear(h, w["mlp.2.weight"], w["mlp.2.bias"])
+    x = F.layer_norm(x, (E,), model.ln_f.weight, model.ln_f.bias)
+    return F.linear(x, model.head.weight)  # (B, T, V)
 
 
 def generate_cached(
@@ -323,27 +339,35 @@ def generate_cached(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():  # sampling never needs gradients
+        # inference_mode, not no_grad: it also skips autograd's bookkeeping (version counters, view records) on
+        # each of a step's ~100 operations, about a tenth of a step here. A tensor made inside can never enter
+        # autograd, so what is returned is made outside (idx.clone() and _stack_steps below).
+        with torch.inference_mode():
             steps = []
-            attn = model.blocks[0].attn
+            # Every block's tensors by name, looked up once: nn.Module attribute lookups run Python code,
+            # and a step would need about a hundred of them.
+            weights = [dict(block.named_parameters()) for block in model.blocks]
             cache = KVCache(
-                model.num_layers, idx.shape[0], attn.num_heads, model.embed_dim // attn.num_heads, model.max_len,
+                model.num_layers, idx.shape[0], model.num_heads, model.embed_dim // model.num_heads, model.max_len,
                 dtype=model.tok_emb.weight.dtype, device=idx.device,
             )
-            logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]  # prefill: (B, V)
+            logits = _forward_cached(model, idx[:, -model.max_len:], cache, weights)[:, -1, :]  # prefill: (B, V)
             for _ in range(max_new_tokens):
                 steps.append(logits)
                 next_token = _sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                # A few hundred ids: this copy costs about as much as one small operation, so a preallocated
+                # buffer (what the KV cache needs: its copy would be every layer's keys and values) buys nothing.
                 idx = torch.cat([idx, next_token], dim=1)
                 if len(cache) == model.max_len:
                     # Full: generate() now sees the last max_len tokens at positions 0..max_len-1, so every
                     # key changes. Re-prefill that window to stay exact; the cache never grows past max_len.
                     cache.reset()
-                    logits = _forward_cached(model, idx[:, -model.max_len:], cache)[:, -1, :]
+                    logits = _forward_cached(model, idx[:, -model.max_len:], cache, weights)[:, -1, :]
                 else:
-                    logits = _forward_cached(model, next_token, cache)[:, -1, :]  # one new token: O(T) work
+                    logits = _forward_cached(model, next_token, cache, weights)[:, -1, :]  # one new token: O(T) work
     finally:
         model.train(was_training)
+    idx = idx.clone()  # an ordinary tensor again: the caller may train on it, which an inference tensor refuses
     if return_logits:
         return idx, _stack_steps(steps, idx)
     return idx
