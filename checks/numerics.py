@@ -128,6 +128,26 @@ def cause_line(cause: str | Callable[[], str | None] | None) -> str:
     return f"\nLikely cause: {cause}" if cause else ""
 
 
+def value_error_message(call: str, run: Callable[[], Any], case: str) -> str:
+    """The message of the ValueError that ``run()`` must raise for ``case`` (a bad argument, in words).
+
+    Any other outcome fails the check with what happened instead: another exception (raised deep in the work,
+    not by the learner's own check of the arguments), or a result. An untouched stub's NotImplementedError
+    passes through, so that it is reported as not implemented yet.
+    """
+    because = f"\nBecause the docstring makes {case} a ValueError that names the problem."
+    try:
+        result = run()
+    except ValueError as error:
+        return str(error)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any other exception is the learner's, reported as such
+        raise AssertionError(f"Called {call} ({case}). It raised {type(error).__name__}({str(error)!r}); expected a "
+                             f"ValueError from your own check, before the work starts.{because}") from None
+    raise AssertionError(f"Called {call} ({case}). It returned {describe(result)}; expected a ValueError.{because}")
+
+
 def _shrinking() -> bool:
     from hypothesis.control import current_build_context, currently_in_test_context
 

@@ -44,7 +44,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.numerics import assert_close, cause_line, describe, error_report, format_call, likely_cause
+from checks.numerics import (
+    assert_close,
+    cause_line,
+    describe,
+    error_report,
+    format_call,
+    likely_cause,
+    value_error_message,
+)
 from checks.torch_strategies import generator, randn, seeded, seeds
 
 pytestmark = pytest.mark.kata("m09_interpretability")
@@ -82,21 +90,6 @@ def _assert_untouched(call: str, name: str, before: dict, after: torch.Tensor, c
 def _names(message: str, *spellings) -> bool:
     """Does ``message`` contain one of ``spellings`` (strings, or compiled patterns)?"""
     return any(s.search(message) if isinstance(s, re.Pattern) else s in message for s in spellings)
-
-
-def _value_error(call: str, run, case: str) -> str:
-    """The message of the ValueError that ``run()`` must raise; any other outcome fails with a helpful message."""
-    because = f"\nBecause the docstring makes {case} a ValueError that names the problem."
-    try:
-        result = run()
-    except ValueError as error:
-        return str(error)
-    except NotImplementedError:  # the stub, not yet written
-        raise
-    except Exception as error:  # noqa: BLE001 - any other exception is the learner's, reported as such
-        raise AssertionError(f"Called {call}. It raised {type(error).__name__}({str(error)!r}); expected a "
-                             f"ValueError, raised by your own check before the work starts.{because}") from None
-    raise AssertionError(f"Called {call}. It returned {describe(result)}; expected a ValueError.{because}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,7 +464,7 @@ def test_ig_rejects_invalid_arguments(impl, case):
     if case == "0-d x":
         args["f"] = RowFunction("z**2", lambda z: z**2, ())
     call = format_call("integrated_gradients", (), args)
-    message = _value_error(call, lambda: impl.integrated_gradients(**args), case)
+    message = value_error_message(call, lambda: impl.integrated_gradients(**args), case)
     assert not named or _names(message, *named), (
         f"Called {call}. It raised ValueError({message!r}), which does not name the offending value; "
         f"expected one of {named} in the message (the docstring: {case} is a ValueError that names it)."
@@ -699,7 +692,7 @@ ROLLOUT_ERRORS = {
 def test_rollout_rejects_invalid_attentions(impl, case):
     attentions, named = ROLLOUT_ERRORS[case]
     call = f"attention_rollout([{', '.join(describe(a) for a in attentions)}])"
-    message = _value_error(call, lambda: impl.attention_rollout(attentions), case)
+    message = value_error_message(call, lambda: impl.attention_rollout(attentions), case)
     missing = [group for group in named if not _names(message, *group)]
     assert not missing, (
         f"Called {call}. It raised ValueError({message!r}), which does not name the problem; expected in the "
@@ -952,7 +945,7 @@ def test_lens_rejects_invalid_idx(impl, mini_gpt, case):
     model.register_forward_hook(lambda module, args, out: None)  # the caller's own hook
     modes, hooks = _modes(model), _hooks(model)
     call = _lens_call(model, idx)
-    message = _value_error(call, lambda: impl.logit_lens(model, idx), case)
+    message = value_error_message(call, lambda: impl.logit_lens(model, idx), case)
     assert not named or _names(message, *named), (
         f"Called {call}. It raised ValueError({message!r}), which does not name the offending value; "
         f"expected one of {named} in the message."

@@ -42,7 +42,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from checks.numerics import assert_close, cause_line, describe, error_report, likely_cause
+from checks.numerics import assert_close, cause_line, describe, error_report, likely_cause, value_error_message
 from checks.torch_strategies import generator, randn, refill_, seeded, seeds
 
 pytestmark = pytest.mark.kata("m09_privacy_federated")
@@ -73,21 +73,6 @@ def _dict_problem(actual, expected: dict, rtol: float, atol: float) -> str | Non
 
 def _matches(expected: dict, rtol: float = 1e-10, atol: float = 1e-12):
     return lambda result: _dict_problem(result, expected, rtol, atol) is None
-
-
-def _value_error(call: str, run, what: str) -> str:
-    """The message of the ValueError that ``run()`` must raise; any other outcome fails with a helpful message."""
-    because = f"\nBecause the docstring makes {what} a ValueError that names the offending value."
-    try:
-        result = run()
-    except ValueError as error:
-        return str(error)
-    except NotImplementedError:  # the stub, not yet written
-        raise
-    except Exception as error:  # noqa: BLE001 - any other exception is the learner's, reported as such
-        raise AssertionError(f"Called {call} ({what}). It raised {type(error).__name__}({str(error)!r}); expected a "
-                             f"ValueError from your own check.{because}") from None
-    raise AssertionError(f"Called {call} ({what}). It returned {describe(result)}; expected a ValueError.{because}")
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -398,7 +383,7 @@ def _bad_fedavg_cases():
                          ids=[case[0] for case in _bad_fedavg_cases()])
 def test_fedavg_rejects_bad_input(impl, what, states, weights, named):
     call = _fedavg_call(states, weights)
-    message = _value_error(call, lambda: impl.fedavg(states, weights), what)
+    message = value_error_message(call, lambda: impl.fedavg(states, weights), what)
     if named is not None:
         assert named in message, (
             f"Called {call} ({what}). The ValueError says {message!r}; it must name the offending value "
@@ -1036,9 +1021,9 @@ def test_dp_sgd_rejects_bad_input(impl, what, kwargs, named):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     call = _dp_call(model, "F.cross_entropy", args["x"], args["y"], _sgd_name(0.1), args["max_grad_norm"],
                     args["noise_multiplier"], generator(0))
-    message = _value_error(call, lambda: impl.dp_sgd_step(model, F.cross_entropy, args["x"], args["y"], optimizer,
-                                                         args["max_grad_norm"], args["noise_multiplier"], generator(0)),
-                           what)
+    message = value_error_message(
+        call, lambda: impl.dp_sgd_step(model, F.cross_entropy, args["x"], args["y"], optimizer, args["max_grad_norm"],
+                                       args["noise_multiplier"], generator(0)), what)
     if named is not None:
         assert named in message, (
             f"Called {call} ({what}). The ValueError says {message!r}; it must name the offending value {named}."
