@@ -168,3 +168,17 @@ def find_corpus(name: str) -> Path:
 def load_corpus(name: str) -> str:
     """The text of corpus ``name`` (UTF-8), found and verified by ``find_corpus``."""
     return find_corpus(name).read_text(encoding="utf-8")
+
+
+def char_level(name: str, val_fraction: float = 0.1) -> tuple[list[int], list[int], int]:
+    """Corpus ``name`` as character ids, split as nanoGPT's shakespeare_char prepares it: each character's id is
+    its rank among the corpus's distinct characters, the first 90% of the text trains and the last 10% validates.
+
+    Returns ``(train_ids, val_ids, vocab_size)``; raises ``CorpusUnavailable`` as ``load_corpus`` does.
+    """
+    text = load_corpus(name)
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    ids = [index[c] for c in text]
+    split = int((1 - val_fraction) * len(ids))
+    return ids[:split], ids[split:], len(chars)

@@ -975,25 +975,21 @@ class _RandomWindows:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_challenge_tiny_shakespeare(impl):
-    from checks.data import CorpusUnavailable, load_corpus
+    from checks.data import CorpusUnavailable, char_level
 
     try:
-        text = load_corpus("tinyshakespeare")
+        train_ids, val_ids, vocab = char_level("tinyshakespeare")  # nanoGPT's shakespeare_char split
     except CorpusUnavailable as err:
         pytest.skip(str(err))
-    chars = sorted(set(text))
-    index = {c: i for i, c in enumerate(chars)}
-    ids = torch.tensor([index[c] for c in text])
-    split = int(0.9 * len(ids))  # nanoGPT's shakespeare_char split
-    train = _RandomWindows(ids[:split], CHALLENGE_BATCH, CHALLENGE_SEQ, CHALLENGE_STEPS, seed=0)
-    val = _batches(ids[split:split + 64 * 256 + 1], 256, [16, 16, 16, 16])  # 65,536 validation characters
-    model = _build(impl, 0, len(chars), **CHALLENGE)
+    train = _RandomWindows(torch.tensor(train_ids), CHALLENGE_BATCH, CHALLENGE_SEQ, CHALLENGE_STEPS, seed=0)
+    val = _batches(torch.tensor(val_ids[:64 * 256 + 1]), 256, [16, 16, 16, 16])  # 65,536 validation characters
+    model = _build(impl, 0, vocab, **CHALLENGE)
     started = time.perf_counter()
     with _seeded(0):
         history = impl.train_char_lm(model, train, val, epochs=CHALLENGE_EPOCHS, lr=CHALLENGE_LR)
     seconds = time.perf_counter() - started
     val_loss = history["val_loss"][-1]
-    print(f"\nw07 challenge: AdvancedCharLM({len(chars)}, **{CHALLENGE}), "
+    print(f"\nw07 challenge: AdvancedCharLM({vocab}, **{CHALLENGE}), "
           f"{CHALLENGE_EPOCHS} x {CHALLENGE_STEPS} steps of {CHALLENGE_BATCH} x {CHALLENGE_SEQ} characters: "
           f"val_loss {val_loss:.4f} (history {[round(v, 3) for v in history['val_loss']]}), "
           f"{seconds:.1f} s on {torch.get_num_threads()} threads")

@@ -801,17 +801,14 @@ CHALLENGE_TARGET = 1.88  # validation loss over the whole validation split
 
 
 def _shakespeare():
-    from checks.data import CorpusUnavailable, load_corpus
+    """(train ids, validation ids, vocabulary size) of Tiny Shakespeare by characters; skips without the corpus."""
+    from checks.data import CorpusUnavailable, char_level
 
     try:
-        text = load_corpus("tinyshakespeare")
+        train, val, vocab = char_level("tinyshakespeare")  # nanoGPT's shakespeare_char split: the last 10% validates
     except CorpusUnavailable as err:
         pytest.skip(str(err))
-    chars = sorted(set(text))
-    index = {c: i for i, c in enumerate(chars)}
-    ids = torch.tensor([index[c] for c in text])
-    split = int(0.9 * len(ids))  # nanoGPT's shakespeare_char split: the last 10% is validation
-    return ids[:split], ids[split:], len(chars)
+    return torch.tensor(train), torch.tensor(val), vocab
 
 
 @pytest.mark.exercise("train_capstone")

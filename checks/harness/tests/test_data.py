@@ -214,3 +214,12 @@ def test_unknown_corpus_is_a_value_error_listing_the_known_ones():
         data.find_corpus("tiny-shakespeare")
     assert "tiny-shakespeare" in str(caught.value) and "taylorswift" in str(caught.value)
     assert not isinstance(caught.value, data.CorpusUnavailable), "a typo is not a missing corpus"
+
+
+def test_char_level_ids_are_ranks_of_the_distinct_characters_split_90_10(fixture_corpus, monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(_write(tmp_path / "data", "fixture", TEXT).parent))
+    train, val, vocab = data.char_level("fixture")
+    chars = sorted(set(TEXT))
+    assert vocab == len(chars)
+    assert "".join(chars[i] for i in train + val) == TEXT
+    assert len(train) == int(0.9 * len(TEXT)) and len(val) == len(TEXT) - len(train)
