@@ -505,23 +505,12 @@ def _validate_spec(idx, max_new_tokens, k):
         raise ValueError(f"idx must be (1, T); got {tuple(idx.shape)}")
 
 
-def _next(model, ids):
-    return model(ids)[:, -1, :].argmax(dim=-1, keepdim=True).to(ids.dtype)
-
-
-@mistake("speculative_decode", "keeps every draft guess without checking it against the target: the output is the "
-         "draft's text, not the target's")
-def spec_trusts_the_draft(target, draft, idx, max_new_tokens, k=4):
-    _validate_spec(idx, max_new_tokens, k)
-    seq, start, accepted = idx, idx.shape[1], 0
-    with torch.no_grad():
-        while seq.shape[1] - start < max_new_tokens:
-            d = min(k, max_new_tokens - (seq.shape[1] - start) - 1)
-            for _ in range(d):
-                seq = torch.cat([seq, _next(draft, seq)], dim=1)
-            seq = torch.cat([seq, _next(target, seq)], dim=1)
-            accepted += d
-    return seq, accepted
+@mutant("speculative_decode", "keeps every draft guess without checking it against the target: the output is the "
+        "draft's text, not the target's",
+        replace={"while n_ok < n_draft and bool(guesses[n_ok] == choice[0, n_ok]):": "while n_ok < n_draft:",
+                 "seq = torch.cat([seq, choice[:, : n_ok + 1]], dim=1)":
+                 "seq = torch.cat([proposal, choice[:, n_ok : n_ok + 1]], dim=1)"})
+def spec_trusts_the_draft(): ...
 
 
 @mutant("speculative_decode", "the target's choices are read one position too late (logits[:, T:] instead of "
@@ -531,85 +520,32 @@ def spec_trusts_the_draft(target, draft, idx, max_new_tokens, k=4):
 def spec_logits_off_by_one(): ...
 
 
-@mistake("speculative_decode", "drafts k guesses even when fewer tokens are left, then cuts the result: the rounds, "
-         "the accepted count and the calls differ from the documented ones")
-def spec_drafts_k_and_truncates(target, draft, idx, max_new_tokens, k=4):
-    _validate_spec(idx, max_new_tokens, k)
-    seq, start, accepted = idx, idx.shape[1], 0
-    with torch.no_grad():
-        while seq.shape[1] - start < max_new_tokens:
-            proposal = seq
-            for _ in range(k):
-                proposal = torch.cat([proposal, _next(draft, proposal)], dim=1)
-            choice = target(proposal)[:, seq.shape[1] - 1:, :].argmax(dim=-1).to(seq.dtype)
-            guesses = proposal[0, seq.shape[1]:]
-            kept = 0
-            while kept < k and bool(guesses[kept] == choice[0, kept]):
-                kept += 1
-            seq = torch.cat([seq, choice[:, :kept + 1]], dim=1)
-            accepted += kept
-    return seq[:, :start + max_new_tokens], accepted
+@mutant("speculative_decode", "drafts k guesses even when fewer tokens are left, then cuts the result: the rounds, "
+        "the accepted count and the calls differ from the documented ones",
+        replace={"n_draft = min(k, max_new_tokens - (seq.shape[1] - start) - 1)": "n_draft = k",
+                 "    return seq, accepted": "    return seq[:, : start + max_new_tokens], accepted"})
+def spec_drafts_k_and_truncates(): ...
 
 
-@mistake("speculative_decode", "adds no bonus token when every guess is kept: the target's free prediction after "
-         "the last guess is thrown away, so a perfect draft needs more target calls")
-def spec_no_bonus_token(target, draft, idx, max_new_tokens, k=4):
-    _validate_spec(idx, max_new_tokens, k)
-    seq, start, accepted = idx, idx.shape[1], 0
-    with torch.no_grad():
-        while seq.shape[1] - start < max_new_tokens:
-            d = min(k, max_new_tokens - (seq.shape[1] - start) - 1)
-            proposal = seq
-            for _ in range(d):
-                proposal = torch.cat([proposal, _next(draft, proposal)], dim=1)
-            choice = target(proposal)[:, seq.shape[1] - 1:, :].argmax(dim=-1).to(seq.dtype)
-            guesses = proposal[0, seq.shape[1]:]
-            kept = 0
-            while kept < d and bool(guesses[kept] == choice[0, kept]):
-                kept += 1
-            seq = torch.cat([seq, choice[:, :kept + (1 if kept < d or d == 0 else 0)]], dim=1)
-            accepted += kept
-    return seq, accepted
+@mutant("speculative_decode", "adds no bonus token when every guess is kept: the target's free prediction after "
+        "the last guess is thrown away, so a perfect draft needs more target calls",
+        replace={"seq = torch.cat([seq, choice[:, : n_ok + 1]], dim=1)":
+                 "seq = torch.cat([seq, choice[:, : n_ok + (1 if n_ok < n_draft or n_draft == 0 else 0)]], dim=1)"})
+def spec_no_bonus_token(): ...
 
 
-@mistake("speculative_decode", "counts every guess that matches the target's choice, also those after the first "
-         "mismatch, which are never kept (their context was already wrong)")
-def spec_counts_matches_after_a_mismatch(target, draft, idx, max_new_tokens, k=4):
-    _validate_spec(idx, max_new_tokens, k)
-    seq, start, accepted = idx, idx.shape[1], 0
-    with torch.no_grad():
-        while seq.shape[1] - start < max_new_tokens:
-            d = min(k, max_new_tokens - (seq.shape[1] - start) - 1)
-            proposal = seq
-            for _ in range(d):
-                proposal = torch.cat([proposal, _next(draft, proposal)], dim=1)
-            choice = target(proposal)[:, seq.shape[1] - 1:, :].argmax(dim=-1).to(seq.dtype)
-            same = proposal[0, seq.shape[1]:] == choice[0, :d]
-            kept = int(torch.cumprod(same.long(), 0).sum())
-            seq = torch.cat([seq, choice[:, :kept + 1]], dim=1)
-            accepted += int(same.sum())
-    return seq, accepted
+@mutant("speculative_decode", "counts every guess that matches the target's choice, also those after the first "
+        "mismatch, which are never kept (their context was already wrong)",
+        replace={"accepted += n_ok": "accepted += int((guesses == choice[0, :n_draft]).sum())"})
+def spec_counts_matches_after_a_mismatch(): ...
 
 
-@mistake("speculative_decode", "calls the target once per guess to check it: the output is right, but nothing is "
-         "saved, because the target runs as often as in plain greedy decoding")
-def spec_one_target_call_per_guess(target, draft, idx, max_new_tokens, k=4):
-    _validate_spec(idx, max_new_tokens, k)
-    seq, start, accepted = idx, idx.shape[1], 0
-    with torch.no_grad():
-        while seq.shape[1] - start < max_new_tokens:
-            d = min(k, max_new_tokens - (seq.shape[1] - start) - 1)
-            proposal = seq
-            for _ in range(d):
-                proposal = torch.cat([proposal, _next(draft, proposal)], dim=1)
-            kept = 0
-            for i in range(d):
-                if int(_next(target, proposal[:, :seq.shape[1] + i])) != int(proposal[0, seq.shape[1] + i]):
-                    break
-                kept += 1
-            seq = torch.cat([proposal[:, :seq.shape[1] + kept], _next(target, proposal[:, :seq.shape[1] + kept])], 1)
-            accepted += kept
-    return seq, accepted
+@mutant("speculative_decode", "calls the target once per guess to check it: the output is right, but nothing is "
+        "saved, because the target runs as often as in plain greedy decoding",
+        replace={"logits = target(proposal)[:, seq.shape[1] - 1 :, :]":
+                 "logits = torch.cat([target(proposal[:, : seq.shape[1] + i])[:, -1:, :] "
+                 "for i in range(n_draft + 1)], 1)"})
+def spec_one_target_call_per_guess(): ...
 
 
 @mutant("speculative_decode", "the accepted count includes the target's own token of each round (a + 1 instead of a)",
