@@ -44,16 +44,17 @@ settings.load_profile(os.environ.get("KATA_PROFILE") or ("ci" if os.environ.get(
 def _torch_on_one_thread(request):
     """Checks run tiny tensors, for which one thread is several times faster than a pool of them.
 
-    Training challenges (``slow``) and benchmarks (``perf``) get the cores, shared out between
-    pytest-xdist workers: two workers with two threads each on two cores run several times slower than
-    with one each.
+    Training challenges (``slow``) get the cores, shared out between pytest-xdist workers: two workers with
+    two threads each on two cores run several times slower than with one each. Benchmarks (``perf``) run on
+    one thread, so that a ratio does not depend on how many cores the machine has (more threads speed up a
+    long matrix product but not a step of tiny ones) and the capstone's CPU seconds are those of one thread.
     """
     torch = sys.modules.get("torch")  # imported by the check module, if it needs torch at all
     if torch is None:
         yield
         return
     wanted = 1
-    if request.node.get_closest_marker("slow") or request.node.get_closest_marker("perf"):
+    if request.node.get_closest_marker("slow") and not request.node.get_closest_marker("perf"):
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         wanted = max(1, (os.cpu_count() or 1) // workers)
     threads = torch.get_num_threads()

@@ -1429,11 +1429,9 @@ def test_generate_cached_is_faster_than_generate(impl, reference, benchmark, ben
     Each benchmark round first times one uncached run (in pedantic's untimed setup), then the cached run, so
     both see the same machine load; the ratio uses the best round of each. A learner's cache must be 3x
     faster; the reference itself, whose cached step cuts Python and autograd overhead too, must be 8x faster.
-    One thread whatever the cores: more threads speed up generate's long matrix products but not a cached
-    step's tiny ones, so the ratio would depend on the machine (and threads fighting for a busy machine's
-    cores make both far slower).
+    One thread whatever the cores (benchmarks run on one, see checks/conftest.py): more threads speed up
+    generate's long matrix products but not a cached step's tiny ones, so the ratio would depend on the machine.
     """
-    torch.set_num_threads(1)  # the autouse fixture restores the thread count afterwards
     config = {
         "vocab_size": 64,
         "embed_dim": 192,

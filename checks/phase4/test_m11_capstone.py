@@ -897,27 +897,22 @@ class _Clock:
 def test_capstone_is_three_times_faster_than_the_nanogpt_recipe(impl, reference, benchmark, bench_report):
     """The recipe and train_capstone side by side, one torch thread, CPU seconds of training
     (``time.process_time``), the same measurement over the whole validation split; writes both curves to a PNG."""
-    train, val, vocab = _shakespeare()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        recipe = _Clock(val, RECIPE["iters"] // CURVE_POINTS)
-        _nanogpt_recipe(reference.MiniGPT, _Batches(train, CHALLENGE_BLOCK, 10**9, seed=1), vocab, recipe.on_step)
-        recipe_seconds, recipe_loss = recipe.seconds(), recipe.curve[-1][1]
-        steps = CHALLENGE_BUDGET // (16 * CHALLENGE_BLOCK)
-        ours = _Clock(val, max(1, steps // CURVE_POINTS))
+    train, val, vocab = _shakespeare()  # benchmarks run on one torch thread (checks/conftest.py)
+    recipe = _Clock(val, RECIPE["iters"] // CURVE_POINTS)
+    _nanogpt_recipe(reference.MiniGPT, _Batches(train, CHALLENGE_BLOCK, 10**9, seed=1), vocab, recipe.on_step)
+    recipe_seconds, recipe_loss = recipe.seconds(), recipe.curve[-1][1]
+    steps = CHALLENGE_BUDGET // (16 * CHALLENGE_BLOCK)
+    ours = _Clock(val, max(1, steps // CURVE_POINTS))
 
-        def run():
-            ours.start, ours.excluded, ours.curve[:] = time.process_time(), 0.0, []
-            return impl.train_capstone(_Batches(train, CHALLENGE_BLOCK, CHALLENGE_BUDGET, seed=2), vocab,
-                                       token_budget=CHALLENGE_BUDGET, block_size=CHALLENGE_BLOCK,
-                                       callback=ours.on_step)
+    def run():
+        ours.start, ours.excluded, ours.curve[:] = time.process_time(), 0.0, []
+        return impl.train_capstone(_Batches(train, CHALLENGE_BLOCK, CHALLENGE_BUDGET, seed=2), vocab,
+                                   token_budget=CHALLENGE_BUDGET, block_size=CHALLENGE_BLOCK,
+                                   callback=ours.on_step)
 
-        model = benchmark.pedantic(run, rounds=1, iterations=1)
-        seconds = ours.seconds()
-        loss = _whole_split_loss(model, val, CHALLENGE_BLOCK)
-    finally:
-        torch.set_num_threads(threads)
+    model = benchmark.pedantic(run, rounds=1, iterations=1)
+    seconds = ours.seconds()
+    loss = _whole_split_loss(model, val, CHALLENGE_BLOCK)
     ratio = seconds / recipe_seconds
     path = _plot(recipe.curve, ours.curve + [(seconds, loss)], recipe_seconds, seconds)
     print(f"\nm11 capstone vs nanoGPT's CPU recipe ({RECIPE['iters']} iterations of {RECIPE['batch_size']} x "
